@@ -1,0 +1,313 @@
+//! The one table of CONTRACT.md, through the DynamoDB SDK. Every key starts
+//! with the path's organisation, so no call can reach another tenant's items.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+
+use crate::model::{
+    Contact, ContactId, Delivery, NotificationEvent, NotificationSettings, Offer, OfferId, OrgId,
+};
+use crate::ports::{ContactStore, EventStore, OfferStore, StoreError};
+
+/// BatchGetItem takes at most 100 keys, BatchWriteItem 25 items.
+const BATCH_GET_MAX: usize = 100;
+const BATCH_WRITE_MAX: usize = 25;
+/// Attempts at a batch's unprocessed entries before giving up.
+const BATCH_ATTEMPTS: u32 = 8;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+pub fn org_pk(org: &OrgId) -> String {
+    format!("ORG#{org}")
+}
+pub fn offer_sk(offer: &OfferId) -> String {
+    format!("OFFER#{offer}")
+}
+pub fn contact_sk(contact: &str) -> String {
+    format!("CONTACT#{contact}")
+}
+pub const SETTINGS_SK: &str = "NOTIFICATION_CONFIG";
+pub fn event_sk(event_id: &str) -> String {
+    format!("EVENT#{event_id}")
+}
+/// Delivery items sort after their event's ID, so one Query with
+/// `begins_with(sk, "DELIVERY#{eventID}#")` lists an event's ledger.
+pub fn delivery_sk(event_id: &str, d: &Delivery) -> String {
+    format!("DELIVERY#{event_id}#{}", d.key())
+}
+
+fn key(pk: String, sk: String) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(pk)),
+        ("sk".to_owned(), AttributeValue::S(sk)),
+    ])
+}
+
+fn unavailable<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| {
+        tracing::error!(op, error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "DynamoDB call failed");
+        StoreError::Unavailable {
+            op,
+            source: Box::new(e),
+        }
+    }
+}
+
+fn malformed(op: &'static str) -> impl FnOnce(serde_dynamo::Error) -> StoreError {
+    move |e| StoreError::Malformed {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+/// Exponential backoff with jitter for unprocessed batch entries: 25 ms, 50 ms,
+/// ... capped at 1 s, each reduced by up to half at random.
+async fn backoff(attempt: u32) {
+    let base = 25u64.saturating_mul(1 << attempt.min(6)).min(1000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = u64::from(nanos) % (base / 2 + 1);
+    tokio::time::sleep(Duration::from_millis(base - jitter)).await;
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    async fn get(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+    ) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .send()
+            .await
+            .map_err(unavailable(op))?;
+        Ok(out.item)
+    }
+
+    async fn put(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+        event: &NotificationEvent,
+        condition: &str,
+    ) -> Result<(), StoreError> {
+        let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
+        item.extend(key(pk, sk));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict { op })
+            }
+            Err(e) => Err(unavailable(op)(e)),
+        }
+    }
+
+    /// Writes items in batches of 25, retrying unprocessed ones with backoff.
+    async fn write_all(&self, op: &'static str, items: Vec<Item>) -> Result<(), StoreError> {
+        for chunk in items.chunks(BATCH_WRITE_MAX) {
+            let mut pending: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|item| {
+                    let put = PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map_err(unavailable(op))?;
+                    Ok(WriteRequest::builder().put_request(put).build())
+                })
+                .collect::<Result<_, StoreError>>()?;
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                if attempt == BATCH_ATTEMPTS {
+                    return Err(StoreError::Incomplete {
+                        op,
+                        left: pending.len(),
+                        attempts: attempt,
+                    });
+                }
+                if attempt > 0 {
+                    backoff(attempt).await;
+                }
+                attempt += 1;
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, std::mem::take(&mut pending))
+                    .send()
+                    .await
+                    .map_err(unavailable(op))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OfferStore for DynamoStore {
+    async fn offer(&self, org: &OrgId, offer: &OfferId) -> Result<Option<Offer>, StoreError> {
+        let item = self.get("read offer", org_pk(org), offer_sk(offer)).await?;
+        item.map(|i| serde_dynamo::from_item(i).map_err(malformed("read offer")))
+            .transpose()
+    }
+
+    async fn settings(&self, org: &OrgId) -> Result<NotificationSettings, StoreError> {
+        let item = self
+            .get(
+                "read notification settings",
+                org_pk(org),
+                SETTINGS_SK.to_owned(),
+            )
+            .await?;
+        Ok(item
+            .map(|i| serde_dynamo::from_item(i).map_err(malformed("read notification settings")))
+            .transpose()?
+            .unwrap_or_default())
+    }
+}
+
+impl ContactStore for DynamoStore {
+    async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Vec<Contact>, StoreError> {
+        const OP: &str = "read contacts";
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH_GET_MAX) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| key(org_pk(org), contact_sk(id.as_str())))
+                .collect();
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .build()
+                    .map_err(unavailable(OP))?,
+            );
+            let mut attempt = 0;
+            while let Some(request) = pending.take() {
+                if attempt == BATCH_ATTEMPTS {
+                    let left = request.keys().len();
+                    return Err(StoreError::Incomplete {
+                        op: OP,
+                        left,
+                        attempts: attempt,
+                    });
+                }
+                if attempt > 0 {
+                    backoff(attempt).await;
+                }
+                attempt += 1;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(unavailable(OP))?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    found.push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl EventStore for DynamoStore {
+    async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
+        let (org, id) = event_key(event)?;
+        self.put(
+            "store new event",
+            org,
+            event_sk(&id),
+            event,
+            "attribute_not_exists(pk)",
+        )
+        .await
+    }
+
+    async fn save_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "store deliveries";
+        let items = deliveries
+            .iter()
+            .map(|d| {
+                let mut item: Item = serde_dynamo::to_item(d).map_err(malformed(OP))?;
+                item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
+                item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
+                item.extend(key(org_pk(org), delivery_sk(event_id, d)));
+                Ok(item)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write_all(OP, items).await
+    }
+
+    async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
+        let (org, id) = event_key(event)?;
+        self.put(
+            "store final event",
+            org,
+            event_sk(&id),
+            event,
+            "attribute_exists(pk)",
+        )
+        .await
+    }
+}
+
+fn event_key(event: &NotificationEvent) -> Result<(String, String), StoreError> {
+    match (&event.organization_id, &event.event_id) {
+        (Some(org), Some(id)) => Ok((format!("ORG#{org}"), id.clone())),
+        _ => Err(StoreError::Malformed {
+            op: "store event",
+            detail: "event has no organizationID or eventID".into(),
+        }),
+    }
+}

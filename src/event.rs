@@ -1,0 +1,148 @@
+//! Which kind of Lambda event arrived, and where it goes: HTTP events (API
+//! Gateway REST and HTTP API, ALB, Function URLs) through `lambda_http`, and
+//! the direct invocation JSON of another Lambda.
+
+use std::convert::Infallible;
+
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Adapter, Request, Service, service_fn};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::{ContactIdList, CreatedBy, OfferId, OrgId};
+use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
+
+/// The direct invocation of CONTRACT.md -> Inputs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectInvocation {
+    pub org_id: String,
+    pub offer_id: String,
+    #[serde(default)]
+    pub contact_ids: Option<Vec<String>>,
+    /// Accepted and validated; not yet enforced (see README -> Status).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<CreatedBy>,
+}
+
+/// A direct invocation's failure, as the Lambda error the invoker sees.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error; quote request id {request_id} when reporting it")]
+    Internal { request_id: String },
+}
+
+impl From<DirectError> for Diagnostic {
+    fn from(e: DirectError) -> Self {
+        let error_type = match &e {
+            DirectError::BadRequest(_) => "BadRequest",
+            DirectError::NotFound(_) => "NotFound",
+            DirectError::Internal { .. } => "InternalError",
+        };
+        Diagnostic {
+            error_type: error_type.into(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+pub enum Incoming {
+    Http(Box<LambdaRequest>),
+    Direct(DirectInvocation),
+}
+
+/// Tells the event kinds apart by their shape.
+pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
+    let Value::Object(map) = &payload else {
+        return Err(DirectError::BadRequest(
+            "the event must be a JSON object".into(),
+        ));
+    };
+    if map.contains_key("requestContext")
+        || map.contains_key("httpMethod")
+        || map.contains_key("routeKey")
+    {
+        return serde_json::from_value::<LambdaRequest>(payload)
+            .map(|r| Incoming::Http(Box::new(r)))
+            .map_err(|_| DirectError::BadRequest("the event looks like an HTTP event but is not one API Gateway, ALB or a Function URL sends".into()));
+    }
+    if map.contains_key("orgId") || map.contains_key("offerId") {
+        return serde_json::from_value::<DirectInvocation>(payload)
+            .map(Incoming::Direct)
+            .map_err(|e| {
+                DirectError::BadRequest(format!("the direct invocation is not valid: {e}"))
+            });
+    }
+    Err(DirectError::BadRequest(
+        "unsupported event: expected an HTTP event or {\"orgId\", \"offerId\", \"contactIds\"}"
+            .into(),
+    ))
+}
+
+/// The function's entry point for every event.
+pub async fn handle<U: NotifyContacts>(
+    use_case: &U,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Diagnostic> {
+    let LambdaEvent { payload, context } = event;
+    let request_id = context.request_id.clone();
+    let incoming =
+        classify(payload).inspect_err(|e| tracing::info!(reason = %e, "event refused"))?;
+    match incoming {
+        Incoming::Http(request) => {
+            let mut adapter = Adapter::from(service_fn(|req: Request| async move {
+                Ok::<_, Infallible>(crate::http::handle(use_case, req).await)
+            }));
+            let response = match adapter.call(LambdaEvent::new(*request, context)).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            serde_json::to_value(response).map_err(|_| DirectError::Internal { request_id }.into())
+        }
+        Incoming::Direct(invocation) => {
+            let cmd = direct_command(invocation)?;
+            match use_case.notify(cmd).await {
+                Ok(event) => serde_json::to_value(event)
+                    .map_err(|_| DirectError::Internal { request_id }.into()),
+                Err(e) => Err(direct_error(e, request_id).into()),
+            }
+        }
+    }
+}
+
+fn direct_command(inv: DirectInvocation) -> Result<NotifyCommand, DirectError> {
+    let bad = |e: crate::model::InvalidValue| DirectError::BadRequest(e.to_string());
+    if let Some(key) = &inv.idempotency_key {
+        crate::model::ContactId::parse(key)
+            .map_err(|e| DirectError::BadRequest(format!("idempotencyKey: {e}")))?;
+    }
+    Ok(NotifyCommand {
+        org_id: OrgId::parse(&inv.org_id).map_err(bad)?,
+        offer_id: OfferId::parse(&inv.offer_id).map_err(bad)?,
+        contact_ids: inv
+            .contact_ids
+            .as_deref()
+            .map(ContactIdList::parse)
+            .transpose()
+            .map_err(bad)?,
+        created_by: inv.created_by,
+    })
+}
+
+fn direct_error(e: NotifyError, request_id: String) -> DirectError {
+    match e.kind() {
+        ErrorKind::BadRequest => DirectError::BadRequest(e.to_string()),
+        ErrorKind::NotFound => DirectError::NotFound(e.to_string()),
+        ErrorKind::Internal => {
+            tracing::error!(error = %crate::error_chain(&e), "direct invocation failed");
+            DirectError::Internal { request_id }
+        }
+    }
+}

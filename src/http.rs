@@ -1,0 +1,297 @@
+//! HTTP request -> command, result -> HTTP response. Every answer is JSON:
+//! the NotificationEvent on 200, a plain JSON string saying what is wrong
+//! otherwise (CONTRACT.md -> Outputs).
+
+use lambda_http::http::{HeaderValue, Method, StatusCode, header};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::Value;
+
+use crate::model::{ContactIdList, CreatedBy, EntityType, OfferId, OrgId, ids::quoted};
+use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
+
+/// Largest body accepted. 1000 IDs of 128 characters fit with room to spare.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub const ROUTE: &str = "/org/{orgId}/offer/{offerId}/notifyContacts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed on {ROUTE}; use POST")]
+    MethodNotAllowed(String),
+    #[error("internal error")]
+    Internal(#[source] NotifyError),
+}
+
+impl ApiError {
+    /// The one place where errors become status codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<NotifyError> for ApiError {
+    fn from(e: NotifyError) -> Self {
+        match e.kind() {
+            ErrorKind::BadRequest => ApiError::BadRequest(e.to_string()),
+            ErrorKind::NotFound => ApiError::NotFound(e.to_string()),
+            ErrorKind::Internal => ApiError::Internal(e),
+        }
+    }
+}
+
+/// Serves one HTTP request. Never fails: every outcome is a response.
+pub async fn handle<U: NotifyContacts>(use_case: &U, req: Request) -> Response<Body> {
+    let request_id = req
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    let result = match command(&req) {
+        Ok(cmd) => use_case.notify(cmd).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(event) => {
+            tracing::info!(
+                status = 200,
+                event_id = event.event_id.as_deref().unwrap_or(""),
+                "notifyContacts answered"
+            );
+            json(StatusCode::OK, &event)
+        }
+        Err(e) => error_response(&e, &request_id),
+    }
+}
+
+fn error_response(e: &ApiError, request_id: &str) -> Response<Body> {
+    let status = e.status();
+    let message = match e {
+        ApiError::Internal(cause) => {
+            tracing::error!(status = status.as_u16(), error = %crate::error_chain(cause), "notifyContacts failed");
+            format!("internal error; quote request id {request_id} when reporting it")
+        }
+        other => {
+            tracing::info!(status = status.as_u16(), reason = %other, "notifyContacts refused");
+            other.to_string()
+        }
+    };
+    let mut resp = json(status, &message);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    resp
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "\"internal error\"".to_owned());
+    let mut resp = Response::new(Body::Text(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Parses route, method, caller and body into a command.
+pub fn command(req: &Request) -> Result<NotifyCommand, ApiError> {
+    let (org, offer) = route(req)?;
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed(req.method().to_string()));
+    }
+    let org_id = OrgId::parse(&org).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+    let offer_id =
+        OfferId::parse(&offer).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+    let caller = Caller::from_request(req);
+    if let Some(caller_org) = &caller.organization_id {
+        if caller_org != org_id.as_str() {
+            return Err(ApiError::Forbidden(format!(
+                "these credentials do not grant access to organization {org_id}"
+            )));
+        }
+    }
+    let contact_ids = parse_body(req.body())?;
+    Ok(NotifyCommand {
+        org_id,
+        offer_id,
+        contact_ids,
+        created_by: caller.created_by,
+    })
+}
+
+/// The path's orgId and offerId: from API Gateway's path parameters when it
+/// gives them, else from the path itself (Function URLs, ALB, a stage prefix).
+fn route(req: &Request) -> Result<(String, String), ApiError> {
+    let params = req.path_parameters();
+    if let (Some(org), Some(offer)) = (params.first("orgId"), params.first("offerId")) {
+        return Ok((org.to_owned(), offer.to_owned()));
+    }
+    let path = req.uri().path();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [.., "org", org, "offer", offer, "notifyContacts"] => {
+            Ok(((*org).to_owned(), (*offer).to_owned()))
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no route {}; the endpoint is POST {ROUTE}",
+            quoted(path)
+        ))),
+    }
+}
+
+/// The body: a JSON array of contact ID strings, `null`, or nothing.
+pub fn parse_body(body: &Body) -> Result<Option<ContactIdList>, ApiError> {
+    let bytes: &[u8] = body.as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "the body is {} bytes; the limit is {MAX_BODY_BYTES} bytes",
+            bytes.len()
+        )));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::BadRequest("the body is not valid UTF-8 text".into()))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let items = match value {
+        Value::Null => return Ok(None),
+        Value::Array(items) => items,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "the body must be a JSON array of contact ID strings, like [\"c1\",\"c2\"], or empty; it is {}",
+                kind_of(&other)
+            )));
+        }
+    };
+    let ids = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) => Ok(s.as_str()),
+            other => Err(ApiError::BadRequest(format!(
+                "contact ID at position {i} is {}; contact IDs are strings",
+                kind_of(other)
+            ))),
+        })
+        .collect::<Result<Vec<&str>, _>>()?;
+    ContactIdList::parse(&ids)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Who is calling, from the authorizer context API Gateway adds.
+#[derive(Debug, Default, PartialEq)]
+pub struct Caller {
+    pub organization_id: Option<String>,
+    pub created_by: Option<CreatedBy>,
+}
+
+impl Caller {
+    pub fn from_request(req: &Request) -> Self {
+        let ctx = req.request_context_ref();
+        let authorizer = match ctx {
+            Some(RequestContext::ApiGatewayV1(c)) => Some(&c.authorizer),
+            Some(RequestContext::ApiGatewayV2(c)) => c.authorizer.as_ref(),
+            _ => None,
+        };
+        let Some(authorizer) = authorizer else {
+            return Self::default();
+        };
+        // REST and HTTP-API Lambda authorizers put the context in `fields`;
+        // JWT authorizers in their claims.
+        let get = |k: &str| -> Option<String> {
+            let from_fields = authorizer.fields.get(k).and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            from_fields
+                .or_else(|| {
+                    authorizer
+                        .jwt
+                        .as_ref()
+                        .and_then(|j| j.claims.get(k).cloned())
+                })
+                .filter(|s| !s.is_empty())
+        };
+        let created_by = CreatedBy {
+            email: get("email"),
+            entity_id: get("entityId"),
+            entity_type: get("entityType").map(|t| EntityType::from(t.as_str())),
+            name: get("name"),
+        };
+        let any = created_by != CreatedBy::default();
+        Self {
+            organization_id: get("organizationID"),
+            created_by: any.then_some(created_by),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(body: &str) -> String {
+        match parse_body(&Body::from(body)) {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("expected 400 for {body:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_null_and_empty_bodies_mean_every_contact() {
+        assert_eq!(parse_body(&Body::Empty).unwrap(), None);
+        assert_eq!(parse_body(&Body::from("  ")).unwrap(), None);
+        assert_eq!(parse_body(&Body::from("null")).unwrap(), None);
+        assert!(parse_body(&Body::from("[]")).unwrap().unwrap().is_empty());
+    }
+
+    #[test]
+    fn wrong_shapes_get_a_sentence() {
+        assert!(bad(r#"{"contactIds":["c1"]}"#).contains("it is an object"));
+        assert!(bad("[1]").contains("position 0 is a number"));
+        assert!(bad(r#"[["c1"]]"#).contains("position 0 is an array"));
+        assert!(bad(r#"["c1", ""]"#).contains("must not be empty"));
+        assert!(bad("[\"c\\u0001\"]").contains("may contain only"));
+        assert!(bad("[").contains("not valid JSON"));
+        assert!(bad(&"[".repeat(1000)).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn invalid_utf8_and_oversized_bodies_are_refused() {
+        assert!(
+            matches!(parse_body(&Body::Binary(vec![b'[', 0xff, b']'])), Err(ApiError::BadRequest(m)) if m.contains("UTF-8"))
+        );
+        let big = format!("[{}]", vec!["\"c\""; MAX_BODY_BYTES / 3].join(","));
+        assert!(
+            matches!(parse_body(&Body::from(big)), Err(ApiError::BadRequest(m)) if m.contains("limit is"))
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! notify-offer-contacts: `POST /org/{orgId}/offer/{offerId}/notifyContacts`
+//! as one AWS Lambda. See README.md for the flow and the contract.
+
+pub mod aws;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod model;
+pub mod notify;
+pub mod ports;
+pub mod render;
+pub mod telemetry;
+
+use aws_config::SdkConfig;
+
+use crate::aws::{dynamo::DynamoStore, ses::SesMailer, sns::SnsPublisher};
+use crate::config::Config;
+use crate::notify::Notifier;
+
+/// The function as deployed: the use case wired to DynamoDB, SES and SNS.
+pub type App = Notifier<DynamoStore, SesMailer, SnsPublisher, SnsPublisher>;
+
+/// Builds the clients once and wires them to the use case.
+pub fn app(sdk: &SdkConfig, config: &Config) -> App {
+    let sns = SnsPublisher::new(aws_sdk_sns::Client::new(sdk));
+    Notifier {
+        store: DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.table_name.clone(),
+        ),
+        mailer: SesMailer::new(
+            aws_sdk_sesv2::Client::new(sdk),
+            config.sender_email.clone(),
+            config.ses_configuration_set.clone(),
+        ),
+        sms: sns.clone(),
+        topics: sns,
+        concurrency: config.delivery_concurrency,
+    }
+}
+
+/// An error and its causes on one line, for logs (SDK errors included).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = aws_smithy_types::error::display::DisplayErrorContext(e).to_string();
+    out.truncate(2000);
+    out
+}

@@ -1,0 +1,20 @@
+//! Start-up only: logs, typed config, AWS clients (once), then the runtime.
+
+use std::sync::Arc;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use notify_offer_contacts::{aws, config::Config, event, telemetry};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    telemetry::init();
+    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    let sdk = aws::sdk_config().await;
+    let app = Arc::new(notify_offer_contacts::app(&sdk, &config));
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
+        let app = Arc::clone(&app);
+        async move { event::handle(&*app, ev).await }
+    }))
+    .await
+}

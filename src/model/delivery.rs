@@ -1,0 +1,47 @@
+//! One delivery: the outcome of sending the event to one recipient on one
+//! channel. These form the event's delivery ledger.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::enums::NotificationChannel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryStatus {
+    /// The provider accepted the message (its id is in `messageId`).
+    Sent,
+    /// Not attempted: the recipient lacks what the channel needs, or the
+    /// channel is not available; `reason` says which.
+    Skipped,
+    /// Attempted and refused or not answered; `reason` holds the provider's code.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub channel: NotificationChannel,
+    /// The contact this delivery was for; absent for a topic (SNS) delivery
+    /// or a channel skipped as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<String>,
+    pub status: DeliveryStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+}
+
+impl Delivery {
+    /// The delivery's key inside its event: channel and recipient.
+    pub fn key(&self) -> String {
+        format!(
+            "{}#{}",
+            self.channel,
+            self.contact_id.as_deref().unwrap_or("-")
+        )
+    }
+}

@@ -1,0 +1,541 @@
+//! The use case: resolve the recipients of an offer, plan one delivery per
+//! recipient and channel, store the event (PENDING), deliver with bounded
+//! concurrency, then store every delivery's outcome and the final status.
+//! It knows nothing of HTTP or AWS: it works through the traits of `ports`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{StreamExt, stream};
+use serde_json::{Map, Value, json};
+
+use crate::model::event::now_millis;
+use crate::model::{
+    Contact, ContactId, ContactIdList, CreatedBy, Delivery, DeliveryStatus, EmailAddress,
+    EntityType, EventStatus, NotificationChannel, NotificationEvent, NotificationEventAction,
+    NotificationSettings, Offer, OfferId, OrgId, PhoneNumber,
+};
+use crate::ports::{
+    ContactStore, EventStore, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError,
+    TopicMessage, TopicPublisher,
+};
+use crate::render;
+
+/// Deliveries listed inline in the event's `info.deliveries` at most; beyond
+/// that the ledger items alone hold them (keeps the event far below 400 KB).
+pub const MAX_INLINE_DELIVERIES: usize = 100;
+
+/// What a caller asks for, already parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyCommand {
+    pub org_id: OrgId,
+    pub offer_id: OfferId,
+    /// `None` or empty: every contact of the offer.
+    pub contact_ids: Option<ContactIdList>,
+    pub created_by: Option<CreatedBy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("offer {0} was not found")]
+    OfferNotFound(OfferId),
+    #[error("{} not a contact of offer {offer}: {}", if ids.len() == 1 { "this ID is" } else { "these IDs are" }, join(ids))]
+    NotOnOffer { offer: OfferId, ids: Vec<ContactId> },
+    #[error("offer {0} has no contacts to notify; add contacts to the offer first")]
+    NoContacts(OfferId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn join(ids: &[ContactId]) -> String {
+    ids.iter()
+        .map(ContactId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The use case as the edges (HTTP, direct invocation) see it.
+pub trait NotifyContacts: Send + Sync {
+    fn notify(
+        &self,
+        cmd: NotifyCommand,
+    ) -> impl Future<Output = Result<NotificationEvent, NotifyError>> + Send;
+}
+
+pub struct Notifier<S, M, P, T> {
+    pub store: S,
+    pub mailer: M,
+    pub sms: P,
+    pub topics: T,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+}
+
+/// One unit of work of the fan-out.
+enum Action {
+    Email {
+        contact_id: String,
+        email: OutgoingEmail,
+    },
+    Sms {
+        contact_id: String,
+        to: PhoneNumber,
+        text: Arc<str>,
+    },
+    Topic(TopicMessage),
+}
+
+impl Action {
+    fn channel(&self) -> NotificationChannel {
+        match self {
+            Action::Email { .. } => NotificationChannel::Email,
+            Action::Sms { .. } => NotificationChannel::Sms,
+            Action::Topic(_) => NotificationChannel::Sns,
+        }
+    }
+    fn contact_id(&self) -> Option<String> {
+        match self {
+            Action::Email { contact_id, .. } | Action::Sms { contact_id, .. } => {
+                Some(contact_id.clone())
+            }
+            Action::Topic(_) => None,
+        }
+    }
+}
+
+fn skipped(
+    channel: NotificationChannel,
+    contact_id: Option<&str>,
+    reason: impl Into<String>,
+) -> Delivery {
+    Delivery {
+        channel,
+        contact_id: contact_id.map(str::to_owned),
+        status: DeliveryStatus::Skipped,
+        message_id: None,
+        reason: Some(reason.into()),
+        time: now_millis(),
+    }
+}
+
+/// The recipients, resolved: who gets what.
+struct Recipients {
+    /// Contact IDs to notify, in request (or offer) order.
+    ids: Vec<String>,
+    /// Extra email-only recipients from the settings' `ccContactIds`.
+    cc_ids: Vec<String>,
+    contacts: HashMap<String, Contact>,
+}
+
+impl<S, M, P, T> Notifier<S, M, P, T>
+where
+    S: OfferStore + ContactStore + EventStore,
+    M: Mailer,
+    P: SmsSender,
+    T: TopicPublisher,
+{
+    async fn resolve(
+        &self,
+        cmd: &NotifyCommand,
+        offer: &Offer,
+        settings: &NotificationSettings,
+    ) -> Result<Recipients, NotifyError> {
+        let on_offer: HashSet<&str> = offer.contact_ids.iter().map(String::as_str).collect();
+        let requested: Vec<String> = match cmd.contact_ids.as_ref().filter(|l| !l.is_empty()) {
+            Some(list) => {
+                let missing: Vec<ContactId> = list
+                    .as_slice()
+                    .iter()
+                    .filter(|id| !on_offer.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(NotifyError::NotOnOffer {
+                        offer: cmd.offer_id.clone(),
+                        ids: missing,
+                    });
+                }
+                list.as_slice()
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect()
+            }
+            None => {
+                let mut seen = HashSet::new();
+                offer
+                    .contact_ids
+                    .iter()
+                    .filter(|id| seen.insert(id.as_str()))
+                    .cloned()
+                    .collect()
+            }
+        };
+        if requested.is_empty() {
+            return Err(NotifyError::NoContacts(cmd.offer_id.clone()));
+        }
+        let mut cc_ids: Vec<String> = Vec::new();
+        for id in settings.cc_contact_ids.iter().flatten() {
+            if !requested.contains(id) && !cc_ids.contains(id) {
+                cc_ids.push(id.clone());
+            }
+        }
+
+        // Stored IDs that are not valid IDs cannot be keys; they stay unresolved
+        // and their deliveries are recorded as skipped.
+        let keys: Vec<ContactId> = requested
+            .iter()
+            .chain(&cc_ids)
+            .filter_map(|id| ContactId::parse(id).ok())
+            .collect();
+        let org = cmd.org_id.as_str();
+        let contacts: HashMap<String, Contact> = self
+            .store
+            .contacts(&cmd.org_id, &keys)
+            .await?
+            .into_iter()
+            // Belt and braces: the store is keyed by org already.
+            .filter(|c| c.organization_id.as_deref().is_none_or(|o| o == org))
+            .map(|c| (c.id.clone(), c))
+            .collect();
+
+        if cmd.contact_ids.as_ref().is_some_and(|l| !l.is_empty()) {
+            // A listed contact that does not exist in this organisation is
+            // refused like one that is not on the offer, before anything is sent.
+            let unknown: Vec<ContactId> = requested
+                .iter()
+                .filter(|id| !contacts.contains_key(*id))
+                .filter_map(|id| ContactId::parse(id).ok())
+                .collect();
+            if !unknown.is_empty() {
+                return Err(NotifyError::NotOnOffer {
+                    offer: cmd.offer_id.clone(),
+                    ids: unknown,
+                });
+            }
+        }
+        Ok(Recipients {
+            ids: requested,
+            cc_ids,
+            contacts,
+        })
+    }
+
+    /// Turns recipients × channels into actions to perform and deliveries
+    /// already decided (skipped, with why).
+    fn plan(
+        &self,
+        event: &NotificationEvent,
+        offer: &Offer,
+        settings: &NotificationSettings,
+        r: &Recipients,
+    ) -> (Vec<Action>, Vec<Delivery>) {
+        let mut actions = Vec::new();
+        let mut decided = Vec::new();
+        let event_id = event.event_id.clone().unwrap_or_default();
+        let org = event.organization_id.clone().unwrap_or_default();
+        let sms_text: Arc<str> = render::sms(offer).into();
+
+        for channel in settings.effective_channels() {
+            match channel {
+                NotificationChannel::Email => {
+                    for (id, is_cc) in r
+                        .ids
+                        .iter()
+                        .map(|i| (i, false))
+                        .chain(r.cc_ids.iter().map(|i| (i, true)))
+                    {
+                        let Some(contact) = r.contacts.get(id) else {
+                            let what = if is_cc { "cc contact" } else { "contact" };
+                            decided.push(skipped(
+                                channel.clone(),
+                                Some(id),
+                                format!("{what} not found in this organization"),
+                            ));
+                            continue;
+                        };
+                        let address = match contact
+                            .email_address
+                            .as_deref()
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                        {
+                            None => {
+                                decided.push(skipped(
+                                    channel.clone(),
+                                    Some(id),
+                                    "contact has no email address",
+                                ));
+                                continue;
+                            }
+                            Some(raw) => match EmailAddress::parse(raw) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    decided.push(skipped(
+                                        channel.clone(),
+                                        Some(id),
+                                        format!("contact's {e}"),
+                                    ));
+                                    continue;
+                                }
+                            },
+                        };
+                        let content = render::email(offer, Some(contact));
+                        actions.push(Action::Email {
+                            contact_id: id.clone(),
+                            email: OutgoingEmail {
+                                to: address,
+                                subject: content.subject,
+                                text: content.text,
+                                html: content.html,
+                                tags: vec![
+                                    ("organizationID".into(), org.clone()),
+                                    ("eventID".into(), event_id.clone()),
+                                    ("contactId".into(), id.clone()),
+                                ],
+                            },
+                        });
+                    }
+                }
+                NotificationChannel::Sms => {
+                    for id in &r.ids {
+                        let Some(contact) = r.contacts.get(id) else {
+                            decided.push(skipped(
+                                channel.clone(),
+                                Some(id),
+                                "contact not found in this organization",
+                            ));
+                            continue;
+                        };
+                        let raw = contact
+                            .info
+                            .as_ref()
+                            .and_then(|i| i.phone_number.as_deref())
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty());
+                        match raw.map(PhoneNumber::parse) {
+                            None => decided.push(skipped(
+                                channel.clone(),
+                                Some(id),
+                                "contact has no phone number",
+                            )),
+                            Some(Err(e)) => decided.push(skipped(
+                                channel.clone(),
+                                Some(id),
+                                format!("contact's {e}"),
+                            )),
+                            Some(Ok(to)) => actions.push(Action::Sms {
+                                contact_id: id.clone(),
+                                to,
+                                text: sms_text.clone(),
+                            }),
+                        }
+                    }
+                }
+                NotificationChannel::Sns => match settings
+                    .sns_topic_arn
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    None => decided.push(skipped(
+                        channel.clone(),
+                        None,
+                        "no snsTopicArn in the organization's notification settings",
+                    )),
+                    Some(arn) => actions.push(Action::Topic(TopicMessage {
+                        topic_arn: arn.to_owned(),
+                        subject: "Private offer notification".into(),
+                        body: serde_json::to_string(event).unwrap_or_default(),
+                        attributes: vec![
+                            (
+                                "action".into(),
+                                NotificationEventAction::NotifyContacts.as_str().into(),
+                            ),
+                            ("entityType".into(), EntityType::Offer.as_str().into()),
+                            ("organizationID".into(), org.clone()),
+                        ],
+                    })),
+                },
+                other => decided.push(skipped(
+                    other.clone(),
+                    None,
+                    format!("channel {other} is not supported by this function"),
+                )),
+            }
+        }
+        (actions, decided)
+    }
+
+    async fn perform(&self, action: Action) -> Delivery {
+        let channel = action.channel();
+        let contact_id = action.contact_id();
+        let result: Result<String, SendError> = match &action {
+            Action::Email { email, .. } => self.mailer.send_email(email).await,
+            Action::Sms { to, text, .. } => self.sms.send_sms(to, text).await,
+            Action::Topic(m) => self.topics.publish(m).await,
+        };
+        let (status, message_id, reason) = match result {
+            Ok(id) => (DeliveryStatus::Sent, Some(id), None),
+            Err(e) => {
+                // The provider's message may name the recipient: log the code only.
+                tracing::warn!(channel = %channel, contact_id = contact_id.as_deref().unwrap_or("-"), code = %e.code, permanent = e.permanent, "delivery failed");
+                (DeliveryStatus::Failed, None, Some(e.to_string()))
+            }
+        };
+        Delivery {
+            channel,
+            contact_id,
+            status,
+            message_id,
+            reason,
+            time: now_millis(),
+        }
+    }
+}
+
+/// Counts per channel and status, and the final status of the event.
+fn summarise(
+    deliveries: &[Delivery],
+) -> (Map<String, Value>, EventStatus, Vec<NotificationChannel>) {
+    let mut per_channel: Map<String, Value> = Map::new();
+    let mut used: Vec<NotificationChannel> = Vec::new();
+    let (mut sent, mut failed) = (0usize, 0usize);
+    for d in deliveries {
+        let entry = per_channel
+            .entry(d.channel.as_str().to_owned())
+            .or_insert_with(|| json!({"sent": 0, "skipped": 0, "failed": 0}));
+        let key = match d.status {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::Failed => "failed",
+        };
+        entry[key] = json!(entry[key].as_u64().unwrap_or(0) + 1);
+        match d.status {
+            DeliveryStatus::Sent => sent += 1,
+            DeliveryStatus::Failed => failed += 1,
+            DeliveryStatus::Skipped => continue,
+        }
+        if !used.contains(&d.channel) {
+            used.push(d.channel.clone());
+        }
+    }
+    // DONE: something went out and nothing attempted failed. Nothing sent at
+    // all (every recipient skipped) is FAILED too: nobody was notified.
+    let status = if failed == 0 && sent > 0 {
+        EventStatus::Done
+    } else {
+        EventStatus::Failed
+    };
+    (per_channel, status, used)
+}
+
+impl<S, M, P, T> NotifyContacts for Notifier<S, M, P, T>
+where
+    S: OfferStore + ContactStore + EventStore,
+    M: Mailer,
+    P: SmsSender,
+    T: TopicPublisher,
+{
+    async fn notify(&self, cmd: NotifyCommand) -> Result<NotificationEvent, NotifyError> {
+        let (offer, settings) = tokio::try_join!(
+            self.store.offer(&cmd.org_id, &cmd.offer_id),
+            self.store.settings(&cmd.org_id)
+        )?;
+        let offer = offer
+            .filter(|o| {
+                o.organization_id
+                    .as_deref()
+                    .is_none_or(|org| org == cmd.org_id.as_str())
+            })
+            .ok_or_else(|| NotifyError::OfferNotFound(cmd.offer_id.clone()))?;
+        let recipients = self.resolve(&cmd, &offer, &settings).await?;
+
+        let now = now_millis();
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let mut event = NotificationEvent {
+            action: Some(NotificationEventAction::NotifyContacts),
+            entity_type: Some(EntityType::Offer),
+            entity_id: Some(offer.id.clone()),
+            entity_name: offer.name.clone(),
+            entity_status: offer.status.clone(),
+            partner: offer.partner.clone(),
+            organization_id: Some(cmd.org_id.to_string()),
+            event_id: Some(event_id.clone()),
+            event_status: Some(EventStatus::Pending),
+            contact_ids: Some(recipients.ids.clone()),
+            cc_contact_ids: (!recipients.cc_ids.is_empty()).then(|| recipients.cc_ids.clone()),
+            channels: Some(settings.effective_channels()),
+            created_by: cmd.created_by.clone(),
+            title: Some(render::subject(&offer)),
+            message: Some(render::message(&offer)),
+            is_action_item: Some(false),
+            require_audit: Some(false),
+            timestamp: Some(now),
+            last_update_time: Some(now),
+            ..NotificationEvent::default()
+        };
+        let (actions, mut deliveries) = self.plan(&event, &offer, &settings, &recipients);
+        event.contact_emails = Some(
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Email { email, .. } => Some(email.to.as_str().to_owned()),
+                    _ => None,
+                })
+                .collect(),
+        );
+
+        self.store.create_event(&event).await?;
+        tracing::info!(event_id = %event_id, recipients = recipients.ids.len(), planned = actions.len(), skipped = deliveries.len(), "event stored, delivering");
+
+        let mut sent: Vec<(usize, Delivery)> = stream::iter(actions.into_iter().enumerate())
+            .map(|(i, a)| async move { (i, self.perform(a).await) })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
+        sent.sort_by_key(|(i, _)| *i);
+        deliveries.extend(sent.into_iter().map(|(_, d)| d));
+
+        self.store
+            .save_deliveries(&cmd.org_id, &event_id, &deliveries)
+            .await?;
+
+        let (summary, status, used) = summarise(&deliveries);
+        let mut info = Map::new();
+        info.insert("deliverySummary".into(), Value::Object(summary));
+        info.insert("deliveryCount".into(), json!(deliveries.len()));
+        if deliveries.len() <= MAX_INLINE_DELIVERIES {
+            info.insert(
+                "deliveries".into(),
+                serde_json::to_value(&deliveries).unwrap_or(Value::Null),
+            );
+        }
+        event.info = Some(info);
+        event.channels = Some(used);
+        event.event_status = Some(status.clone());
+        event.last_update_time = Some(now_millis());
+        self.store.finish_event(&event).await?;
+        tracing::info!(event_id = %event_id, status = %status, "event finished");
+        Ok(event)
+    }
+}
+
+/// How the edges should present an error: the caller's fault, a missing
+/// thing, or ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    Internal,
+}
+
+impl NotifyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NotifyError::OfferNotFound(_) => ErrorKind::NotFound,
+            NotifyError::NotOnOffer { .. } | NotifyError::NoContacts(_) => ErrorKind::BadRequest,
+            NotifyError::Store(_) => ErrorKind::Internal,
+        }
+    }
+}

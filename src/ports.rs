@@ -1,0 +1,138 @@
+//! What the use case needs from the outside world, split by capability, so a
+//! test can hand it in-memory or deliberately failing implementations.
+//! The AWS implementations live in `crate::aws`.
+
+use std::future::Future;
+
+use crate::model::{
+    Contact, ContactId, Delivery, EmailAddress, NotificationEvent, NotificationSettings, Offer,
+    OfferId, OrgId, PhoneNumber,
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A storage call that did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the call (after the SDK's retries).
+    #[error("{op} failed")]
+    Unavailable {
+        op: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// An item was read but does not have the shape of CONTRACT.md.
+    #[error("{op}: stored item is malformed: {detail}")]
+    Malformed { op: &'static str, detail: String },
+    /// A batch call still had unprocessed entries after every retry.
+    #[error("{op}: {left} entries still unprocessed after {attempts} attempts")]
+    Incomplete {
+        op: &'static str,
+        left: usize,
+        attempts: u32,
+    },
+    /// A conditional write found the item in another state than expected.
+    #[error("{op}: condition failed")]
+    Conflict { op: &'static str },
+}
+
+/// A provider's refusal to send one message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct SendError {
+    /// The provider's error code (e.g. `MessageRejected`), or a transport class.
+    pub code: String,
+    /// The provider's message; it may name the recipient, so it is stored with
+    /// the delivery but never logged.
+    pub message: String,
+    /// True when sending again later cannot help (bad address, rejected content).
+    pub permanent: bool,
+}
+
+pub trait OfferStore: Send + Sync {
+    /// The offer, read under the organisation's key; `None` when it does not exist there.
+    fn offer(
+        &self,
+        org: &OrgId,
+        offer: &OfferId,
+    ) -> impl Future<Output = Result<Option<Offer>, StoreError>> + Send;
+    /// The organisation's notification settings (the defaults when it has none).
+    fn settings(
+        &self,
+        org: &OrgId,
+    ) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send;
+}
+
+pub trait ContactStore: Send + Sync {
+    /// The contacts of `org` among `ids` (no duplicates in `ids`); IDs with no
+    /// contact in that organisation are simply absent from the answer.
+    fn contacts(
+        &self,
+        org: &OrgId,
+        ids: &[ContactId],
+    ) -> impl Future<Output = Result<Vec<Contact>, StoreError>> + Send;
+}
+
+pub trait EventStore: Send + Sync {
+    /// Stores a new event; fails with `Conflict` when its ID is taken.
+    fn create_event(
+        &self,
+        event: &NotificationEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores the delivery ledger of an event.
+    fn save_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Replaces a stored event with its final state.
+    fn finish_event(
+        &self,
+        event: &NotificationEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// An email ready to send: one recipient, rendered content, tags for tracking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingEmail {
+    pub to: EmailAddress,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// Name/value pairs for SES message tags (used with a configuration set).
+    pub tags: Vec<(String, String)>,
+}
+
+pub trait Mailer: Send + Sync {
+    /// Sends one email; the answer is the provider's message id.
+    fn send_email(
+        &self,
+        email: &OutgoingEmail,
+    ) -> impl Future<Output = Result<String, SendError>> + Send;
+}
+
+pub trait SmsSender: Send + Sync {
+    /// Sends one transactional SMS; the answer is the provider's message id.
+    fn send_sms(
+        &self,
+        to: &PhoneNumber,
+        text: &str,
+    ) -> impl Future<Output = Result<String, SendError>> + Send;
+}
+
+/// A message published to a topic, with attributes subscribers can filter on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicMessage {
+    pub topic_arn: String,
+    pub subject: String,
+    pub body: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+pub trait TopicPublisher: Send + Sync {
+    fn publish(
+        &self,
+        message: &TopicMessage,
+    ) -> impl Future<Output = Result<String, SendError>> + Send;
+}
