@@ -5,6 +5,7 @@ pub mod aws;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod memory;
 pub mod model;
 pub mod notify;
 pub mod ports;

@@ -40,7 +40,7 @@ pub struct NotifyCommand {
 pub enum NotifyError {
     #[error("offer {0} was not found")]
     OfferNotFound(OfferId),
-    #[error("{} not a contact of offer {offer}: {}", if ids.len() == 1 { "this ID is" } else { "these IDs are" }, join(ids))]
+    #[error("{} {} {} not on offer {offer}", if ids.len() == 1 { "contact" } else { "contacts" }, join(ids), if ids.len() == 1 { "is" } else { "are" })]
     NotOnOffer { offer: OfferId, ids: Vec<ContactId> },
     #[error("offer {0} has no contacts to notify; add contacts to the offer first")]
     NoContacts(OfferId),

@@ -136,3 +136,49 @@ pub trait TopicPublisher: Send + Sync {
         message: &TopicMessage,
     ) -> impl Future<Output = Result<String, SendError>> + Send;
 }
+
+// A shared implementation (an `Arc`, a reference) serves as well as an owned one.
+macro_rules! delegate {
+    ($($wrapper:ty),+) => {$(
+        impl<X: OfferStore + ?Sized> OfferStore for $wrapper {
+            fn offer(&self, org: &OrgId, offer: &OfferId) -> impl Future<Output = Result<Option<Offer>, StoreError>> + Send {
+                (**self).offer(org, offer)
+            }
+            fn settings(&self, org: &OrgId) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send {
+                (**self).settings(org)
+            }
+        }
+        impl<X: ContactStore + ?Sized> ContactStore for $wrapper {
+            fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> impl Future<Output = Result<Vec<Contact>, StoreError>> + Send {
+                (**self).contacts(org, ids)
+            }
+        }
+        impl<X: EventStore + ?Sized> EventStore for $wrapper {
+            fn create_event(&self, event: &NotificationEvent) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).create_event(event)
+            }
+            fn save_deliveries(&self, org: &OrgId, event_id: &str, deliveries: &[Delivery]) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).save_deliveries(org, event_id, deliveries)
+            }
+            fn finish_event(&self, event: &NotificationEvent) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).finish_event(event)
+            }
+        }
+        impl<X: Mailer + ?Sized> Mailer for $wrapper {
+            fn send_email(&self, email: &OutgoingEmail) -> impl Future<Output = Result<String, SendError>> + Send {
+                (**self).send_email(email)
+            }
+        }
+        impl<X: SmsSender + ?Sized> SmsSender for $wrapper {
+            fn send_sms(&self, to: &PhoneNumber, text: &str) -> impl Future<Output = Result<String, SendError>> + Send {
+                (**self).send_sms(to, text)
+            }
+        }
+        impl<X: TopicPublisher + ?Sized> TopicPublisher for $wrapper {
+            fn publish(&self, message: &TopicMessage) -> impl Future<Output = Result<String, SendError>> + Send {
+                (**self).publish(message)
+            }
+        }
+    )+};
+}
+delegate!(std::sync::Arc<X>, &X);

@@ -1,0 +1,234 @@
+//! In-memory implementations of the ports, for tests and benchmarks: they
+//! record what they were asked, can be told to fail, and can simulate a
+//! provider's latency.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::model::{
+    Contact, ContactId, Delivery, NotificationEvent, NotificationSettings, Offer, OfferId, OrgId,
+    PhoneNumber,
+};
+use crate::ports::{
+    ContactStore, EventStore, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError,
+    TopicMessage, TopicPublisher,
+};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Store operations that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    ReadOffer,
+    ReadSettings,
+    ReadContacts,
+    CreateEvent,
+    SaveDeliveries,
+    FinishEvent,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    offers: HashMap<(String, String), Offer>,
+    contacts: HashMap<(String, String), Contact>,
+    settings: HashMap<String, NotificationSettings>,
+    events: Mutex<HashMap<(String, String), NotificationEvent>>,
+    deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
+    failing: Mutex<HashSet<StoreOp>>,
+    /// Calls made, for counting round trips.
+    pub calls: AtomicUsize,
+}
+
+impl MemoryStore {
+    pub fn with_offer(mut self, org: &str, offer: Offer) -> Self {
+        self.offers.insert((org.into(), offer.id.clone()), offer);
+        self
+    }
+    pub fn with_contact(mut self, org: &str, contact: Contact) -> Self {
+        self.contacts
+            .insert((org.into(), contact.id.clone()), contact);
+        self
+    }
+    pub fn with_settings(mut self, org: &str, settings: NotificationSettings) -> Self {
+        self.settings.insert(org.into(), settings);
+        self
+    }
+    pub fn fail(&self, op: StoreOp) {
+        lock(&self.failing).insert(op);
+    }
+    pub fn event(&self, org: &str, event_id: &str) -> Option<NotificationEvent> {
+        lock(&self.events)
+            .get(&(org.to_owned(), event_id.to_owned()))
+            .cloned()
+    }
+    pub fn events(&self) -> Vec<NotificationEvent> {
+        lock(&self.events).values().cloned().collect()
+    }
+    pub fn deliveries(&self, event_id: &str) -> Vec<Delivery> {
+        lock(&self.deliveries)
+            .get(event_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+    fn check(&self, op: StoreOp) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if lock(&self.failing).contains(&op) {
+            return Err(StoreError::Unavailable {
+                op: "memory store",
+                source: format!("injected failure of {op:?}").into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl OfferStore for MemoryStore {
+    async fn offer(&self, org: &OrgId, offer: &OfferId) -> Result<Option<Offer>, StoreError> {
+        self.check(StoreOp::ReadOffer)?;
+        Ok(self
+            .offers
+            .get(&(org.to_string(), offer.to_string()))
+            .cloned())
+    }
+    async fn settings(&self, org: &OrgId) -> Result<NotificationSettings, StoreError> {
+        self.check(StoreOp::ReadSettings)?;
+        Ok(self.settings.get(org.as_str()).cloned().unwrap_or_default())
+    }
+}
+
+impl ContactStore for MemoryStore {
+    async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Vec<Contact>, StoreError> {
+        self.check(StoreOp::ReadContacts)?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                self.contacts
+                    .get(&(org.to_string(), id.to_string()))
+                    .cloned()
+            })
+            .collect())
+    }
+}
+
+impl EventStore for MemoryStore {
+    async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
+        self.check(StoreOp::CreateEvent)?;
+        let key = (
+            event.organization_id.clone().unwrap_or_default(),
+            event.event_id.clone().unwrap_or_default(),
+        );
+        let mut events = lock(&self.events);
+        if events.contains_key(&key) {
+            return Err(StoreError::Conflict {
+                op: "store new event",
+            });
+        }
+        events.insert(key, event.clone());
+        Ok(())
+    }
+    async fn save_deliveries(
+        &self,
+        _org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        self.check(StoreOp::SaveDeliveries)?;
+        lock(&self.deliveries)
+            .entry(event_id.to_owned())
+            .or_default()
+            .extend_from_slice(deliveries);
+        Ok(())
+    }
+    async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
+        self.check(StoreOp::FinishEvent)?;
+        let key = (
+            event.organization_id.clone().unwrap_or_default(),
+            event.event_id.clone().unwrap_or_default(),
+        );
+        let mut events = lock(&self.events);
+        match events.get_mut(&key) {
+            Some(e) => {
+                *e = event.clone();
+                Ok(())
+            }
+            None => Err(StoreError::Conflict {
+                op: "store final event",
+            }),
+        }
+    }
+}
+
+/// Records every message; refuses chosen recipients; can wait like a provider.
+#[derive(Default)]
+pub struct MemoryProvider {
+    pub latency: Duration,
+    emails: Mutex<Vec<OutgoingEmail>>,
+    sms: Mutex<Vec<(String, String)>>,
+    published: Mutex<Vec<TopicMessage>>,
+    refuse: Mutex<HashMap<String, SendError>>,
+    in_flight: AtomicUsize,
+    /// Most sends that were in flight at the same time.
+    pub max_in_flight: AtomicUsize,
+}
+
+impl MemoryProvider {
+    pub fn with_latency(latency: Duration) -> Self {
+        Self {
+            latency,
+            ..Self::default()
+        }
+    }
+    /// Makes sends to `recipient` (an address, a number or a topic ARN) fail with `err`.
+    pub fn refuse(&self, recipient: &str, err: SendError) {
+        lock(&self.refuse).insert(recipient.to_owned(), err);
+    }
+    pub fn emails(&self) -> Vec<OutgoingEmail> {
+        lock(&self.emails).clone()
+    }
+    pub fn sms(&self) -> Vec<(String, String)> {
+        lock(&self.sms).clone()
+    }
+    pub fn published(&self) -> Vec<TopicMessage> {
+        lock(&self.published).clone()
+    }
+    async fn send(&self, recipient: &str) -> Result<String, SendError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match lock(&self.refuse).get(recipient) {
+            Some(e) => Err(e.clone()),
+            None => Ok(uuid::Uuid::now_v7().to_string()),
+        }
+    }
+}
+
+impl Mailer for MemoryProvider {
+    async fn send_email(&self, email: &OutgoingEmail) -> Result<String, SendError> {
+        let id = self.send(email.to.as_str()).await?;
+        lock(&self.emails).push(email.clone());
+        Ok(id)
+    }
+}
+
+impl SmsSender for MemoryProvider {
+    async fn send_sms(&self, to: &PhoneNumber, text: &str) -> Result<String, SendError> {
+        let id = self.send(to.as_str()).await?;
+        lock(&self.sms).push((to.as_str().to_owned(), text.to_owned()));
+        Ok(id)
+    }
+}
+
+impl TopicPublisher for MemoryProvider {
+    async fn publish(&self, message: &TopicMessage) -> Result<String, SendError> {
+        let id = self.send(&message.topic_arn).await?;
+        lock(&self.published).push(message.clone());
+        Ok(id)
+    }
+}

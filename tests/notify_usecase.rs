@@ -1,0 +1,460 @@
+//! The use case against in-memory and deliberately failing ports: one test per
+//! outcome, no network.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use notify_offer_contacts::memory::{MemoryProvider, MemoryStore, StoreOp};
+use notify_offer_contacts::model::*;
+use notify_offer_contacts::notify::{
+    ErrorKind, Notifier, NotifyCommand, NotifyContacts, NotifyError,
+};
+use notify_offer_contacts::ports::SendError;
+
+const ORG: &str = "org1";
+
+type TestNotifier =
+    Notifier<Arc<MemoryStore>, Arc<MemoryProvider>, Arc<MemoryProvider>, Arc<MemoryProvider>>;
+
+fn contact(id: &str, email: Option<&str>, phone: Option<&str>) -> Contact {
+    Contact {
+        id: id.into(),
+        organization_id: Some(ORG.into()),
+        name: Some(format!("Name {id}")),
+        email_address: email.map(str::to_owned),
+        info: phone.map(|p| ContactInfo {
+            phone_number: Some(p.into()),
+            ..ContactInfo::default()
+        }),
+    }
+}
+
+fn offer(contacts: &[&str]) -> Offer {
+    Offer {
+        id: "o1".into(),
+        organization_id: Some(ORG.into()),
+        name: Some("Enterprise plan".into()),
+        status: Some("PENDING_ACCEPTANCE".into()),
+        partner: Some(Partner::Aws),
+        contact_ids: contacts.iter().map(|c| c.to_string()).collect(),
+        info: Some(OfferInfo {
+            private_offer_url: Some("https://aws.amazon.com/marketplace/offer/o1".into()),
+        }),
+        expire_time: None,
+    }
+}
+
+/// Offer o1 with contacts a, b (email + phone) and c (no email, bad phone).
+fn store() -> MemoryStore {
+    MemoryStore::default()
+        .with_offer(ORG, offer(&["a", "b", "c"]))
+        .with_contact(
+            ORG,
+            contact("a", Some("a@example.com"), Some("+12065550100")),
+        )
+        .with_contact(
+            ORG,
+            contact("b", Some("b@example.com"), Some("+44 20 7946 0958")),
+        )
+        .with_contact(ORG, contact("c", None, Some("555-0100")))
+}
+
+fn notifier(store: MemoryStore) -> (TestNotifier, Arc<MemoryStore>, Arc<MemoryProvider>) {
+    let store = Arc::new(store);
+    let provider = Arc::new(MemoryProvider::default());
+    let n = Notifier {
+        store: store.clone(),
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider.clone(),
+        concurrency: 4,
+    };
+    (n, store, provider)
+}
+
+fn cmd(ids: Option<&[&str]>) -> NotifyCommand {
+    NotifyCommand {
+        org_id: OrgId::parse(ORG).unwrap(),
+        offer_id: OfferId::parse("o1").unwrap(),
+        contact_ids: ids.map(|i| ContactIdList::parse(i).unwrap()),
+        created_by: None,
+    }
+}
+
+fn statuses(ds: &[Delivery]) -> Vec<(String, String, DeliveryStatus)> {
+    ds.iter()
+        .map(|d| {
+            (
+                d.channel.to_string(),
+                d.contact_id.clone().unwrap_or_default(),
+                d.status,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn empty_body_notifies_every_contact_and_stores_the_answer() {
+    let (n, store, provider) = notifier(store());
+    let event = n.notify(cmd(None)).await.unwrap();
+
+    assert_eq!(event.action, Some(NotificationEventAction::NotifyContacts));
+    assert_eq!(event.entity_type, Some(EntityType::Offer));
+    assert_eq!(event.entity_id.as_deref(), Some("o1"));
+    assert_eq!(event.entity_name.as_deref(), Some("Enterprise plan"));
+    assert_eq!(event.partner, Some(Partner::Aws));
+    assert_eq!(event.organization_id.as_deref(), Some(ORG));
+    assert_eq!(
+        event.contact_ids,
+        Some(vec!["a".into(), "b".into(), "c".into()])
+    );
+    assert_eq!(
+        event.contact_emails,
+        Some(vec!["a@example.com".into(), "b@example.com".into()])
+    );
+    assert_eq!(event.channels, Some(vec![NotificationChannel::Email]));
+    // c has no email: skipped, not attempted; every attempted one was accepted.
+    assert_eq!(event.event_status, Some(EventStatus::Done));
+
+    let sent: Vec<String> = provider
+        .emails()
+        .iter()
+        .map(|e| e.to.as_str().to_owned())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent.contains(&"a@example.com".to_owned()) && sent.contains(&"b@example.com".to_owned())
+    );
+
+    let id = event.event_id.clone().unwrap();
+    assert_eq!(
+        store.event(ORG, &id),
+        Some(event.clone()),
+        "the answer is the stored event"
+    );
+    assert_eq!(
+        statuses(&store.deliveries(&id)),
+        vec![
+            ("EMAIL".into(), "c".into(), DeliveryStatus::Skipped),
+            ("EMAIL".into(), "a".into(), DeliveryStatus::Sent),
+            ("EMAIL".into(), "b".into(), DeliveryStatus::Sent),
+        ]
+    );
+    let info = event.info.unwrap();
+    assert_eq!(
+        info["deliverySummary"]["EMAIL"],
+        serde_json::json!({"sent": 2, "skipped": 1, "failed": 0})
+    );
+    assert_eq!(
+        info["deliveries"][0]["reason"],
+        "contact has no email address"
+    );
+}
+
+#[tokio::test]
+async fn listed_ids_notify_only_those_and_duplicates_once() {
+    let (n, _, provider) = notifier(store());
+    let event = n.notify(cmd(Some(&["b", "b"]))).await.unwrap();
+    assert_eq!(event.contact_ids, Some(vec!["b".into()]));
+    assert_eq!(provider.emails().len(), 1);
+    assert_eq!(provider.emails()[0].to.as_str(), "b@example.com");
+}
+
+#[tokio::test]
+async fn an_empty_list_means_every_contact() {
+    let (n, _, provider) = notifier(store());
+    n.notify(cmd(Some(&[]))).await.unwrap();
+    assert_eq!(provider.emails().len(), 2);
+}
+
+#[tokio::test]
+async fn an_id_not_on_the_offer_is_refused_before_anything_is_sent() {
+    let (n, store, provider) =
+        notifier(store().with_contact(ORG, contact("z", Some("z@example.com"), None)));
+    let err = n.notify(cmd(Some(&["a", "z", "y"]))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    assert_eq!(err.to_string(), "contacts z, y are not on offer o1");
+    assert!(provider.emails().is_empty());
+    assert!(store.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_contact_of_another_organisation_is_treated_as_missing() {
+    // "x" is on the offer, but its contact item lives under another org.
+    let base = MemoryStore::default()
+        .with_offer(ORG, offer(&["a", "x"]))
+        .with_contact(ORG, contact("a", Some("a@example.com"), None))
+        .with_contact(
+            "org2",
+            Contact {
+                organization_id: Some("org2".into()),
+                ..contact("x", Some("x@other.com"), None)
+            },
+        );
+    let (n, _, provider) = notifier(base);
+    let err = n.notify(cmd(Some(&["x"]))).await.unwrap_err();
+    assert!(matches!(err, NotifyError::NotOnOffer { .. }), "{err}");
+
+    // Notifying everyone reaches a only; x is recorded as not found.
+    let event = n.notify(cmd(None)).await.unwrap();
+    assert_eq!(
+        provider
+            .emails()
+            .iter()
+            .map(|e| e.to.as_str())
+            .collect::<Vec<_>>(),
+        ["a@example.com"]
+    );
+    let deliveries = &event.info.unwrap()["deliveries"];
+    assert_eq!(deliveries[0]["contactId"], "x");
+    assert_eq!(
+        deliveries[0]["reason"],
+        "contact not found in this organization"
+    );
+}
+
+#[tokio::test]
+async fn an_offer_of_another_organisation_is_not_found() {
+    let (n, _, provider) = notifier(MemoryStore::default().with_offer("org2", offer(&["a"])));
+    let err = n.notify(cmd(None)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.to_string(), "offer o1 was not found");
+    assert!(provider.emails().is_empty());
+}
+
+#[tokio::test]
+async fn an_offer_without_contacts_is_a_bad_request() {
+    let (n, store, _) = notifier(MemoryStore::default().with_offer(ORG, offer(&[])));
+    let err = n.notify(cmd(None)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    assert!(store.events().is_empty());
+}
+
+#[tokio::test]
+async fn sms_goes_to_e164_numbers_and_bad_numbers_are_skipped_with_why() {
+    let settings = NotificationSettings {
+        channels: Some(vec![NotificationChannel::Sms]),
+        ..Default::default()
+    };
+    let (n, store, provider) = notifier(store().with_settings(ORG, settings));
+    let event = n.notify(cmd(None)).await.unwrap();
+    let numbers: Vec<String> = provider.sms().into_iter().map(|(to, _)| to).collect();
+    assert_eq!(numbers, ["+12065550100", "+442079460958"]);
+    assert!(provider.emails().is_empty());
+    let ds = store.deliveries(event.event_id.as_deref().unwrap());
+    let c = ds
+        .iter()
+        .find(|d| d.contact_id.as_deref() == Some("c"))
+        .unwrap();
+    assert_eq!(c.status, DeliveryStatus::Skipped);
+    assert!(
+        c.reason.as_deref().unwrap().contains("E.164"),
+        "{:?}",
+        c.reason
+    );
+    assert_eq!(event.channels, Some(vec![NotificationChannel::Sms]));
+}
+
+#[tokio::test]
+async fn sns_channel_publishes_the_event_once_with_filter_attributes() {
+    let settings = NotificationSettings {
+        channels: Some(vec![NotificationChannel::Email, NotificationChannel::Sns]),
+        sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:org1".into()),
+        ..Default::default()
+    };
+    let (n, _, provider) = notifier(store().with_settings(ORG, settings));
+    let event = n.notify(cmd(None)).await.unwrap();
+    let published = provider.published();
+    assert_eq!(published.len(), 1);
+    let body: NotificationEvent = serde_json::from_str(&published[0].body).unwrap();
+    assert_eq!(body.event_id, event.event_id);
+    assert!(
+        published[0]
+            .attributes
+            .contains(&("action".into(), "NOTIFY_CONTACTS".into()))
+    );
+    assert!(
+        published[0]
+            .attributes
+            .contains(&("entityType".into(), "OFFER".into()))
+    );
+    assert!(
+        published[0]
+            .attributes
+            .contains(&("organizationID".into(), ORG.into()))
+    );
+    assert_eq!(
+        event.channels,
+        Some(vec![NotificationChannel::Email, NotificationChannel::Sns])
+    );
+}
+
+#[tokio::test]
+async fn sns_without_a_topic_and_unbuilt_channels_are_skipped_not_errors() {
+    let settings = NotificationSettings {
+        channels: Some(vec![
+            NotificationChannel::Sns,
+            NotificationChannel::Slack,
+            NotificationChannel::Email,
+        ]),
+        ..Default::default()
+    };
+    let (n, store, _) = notifier(store().with_settings(ORG, settings));
+    let event = n.notify(cmd(Some(&["a"]))).await.unwrap();
+    assert_eq!(event.event_status, Some(EventStatus::Done));
+    let ds = store.deliveries(event.event_id.as_deref().unwrap());
+    assert_eq!(
+        statuses(&ds),
+        vec![
+            ("SNS".into(), "".into(), DeliveryStatus::Skipped),
+            ("SLACK".into(), "".into(), DeliveryStatus::Skipped),
+            ("EMAIL".into(), "a".into(), DeliveryStatus::Sent),
+        ]
+    );
+    assert_eq!(
+        ds[1].reason.as_deref(),
+        Some("channel SLACK is not supported by this function")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_recipient_does_not_stop_the_others_and_the_event_says_failed() {
+    let (n, store, provider) = notifier(store());
+    provider.refuse(
+        "a@example.com",
+        SendError {
+            code: "MessageRejected".into(),
+            message: "Email address is not verified.".into(),
+            permanent: true,
+        },
+    );
+    let event = n.notify(cmd(None)).await.unwrap();
+    assert_eq!(event.event_status, Some(EventStatus::Failed));
+    assert_eq!(provider.emails().len(), 1, "b still got its email");
+    let ds = store.deliveries(event.event_id.as_deref().unwrap());
+    let a = ds
+        .iter()
+        .find(|d| d.contact_id.as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(a.status, DeliveryStatus::Failed);
+    assert_eq!(
+        a.reason.as_deref(),
+        Some("MessageRejected: Email address is not verified.")
+    );
+}
+
+#[tokio::test]
+async fn nobody_reachable_is_failed() {
+    let (n, _, provider) = notifier(store());
+    let event = n.notify(cmd(Some(&["c"]))).await.unwrap();
+    assert!(provider.emails().is_empty());
+    assert_eq!(event.event_status, Some(EventStatus::Failed));
+}
+
+#[tokio::test]
+async fn cc_contacts_from_the_settings_get_a_copy_by_email() {
+    let settings = NotificationSettings {
+        cc_contact_ids: Some(vec!["m".into(), "a".into()]),
+        ..Default::default()
+    };
+    let (n, _, provider) = notifier(
+        store()
+            .with_settings(ORG, settings)
+            .with_contact(ORG, contact("m", Some("m@seller.com"), None)),
+    );
+    let event = n.notify(cmd(Some(&["a"]))).await.unwrap();
+    assert_eq!(event.cc_contact_ids, Some(vec!["m".into()]));
+    let mut to: Vec<String> = provider
+        .emails()
+        .iter()
+        .map(|e| e.to.as_str().to_owned())
+        .collect();
+    to.sort();
+    assert_eq!(to, ["a@example.com", "m@seller.com"]);
+}
+
+#[tokio::test]
+async fn emails_carry_tags_naming_the_org_event_and_contact() {
+    let (n, _, provider) = notifier(store());
+    let event = n.notify(cmd(Some(&["a"]))).await.unwrap();
+    let tags = &provider.emails()[0].tags;
+    assert!(tags.contains(&("organizationID".into(), ORG.into())));
+    assert!(tags.contains(&("eventID".into(), event.event_id.clone().unwrap())));
+    assert!(tags.contains(&("contactId".into(), "a".into())));
+}
+
+#[tokio::test]
+async fn a_store_failure_before_sending_sends_nothing() {
+    for op in [
+        StoreOp::ReadOffer,
+        StoreOp::ReadSettings,
+        StoreOp::ReadContacts,
+        StoreOp::CreateEvent,
+    ] {
+        let (n, _, provider) = notifier(store());
+        n.store.fail(op);
+        let err = n.notify(cmd(None)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal, "{op:?}");
+        assert!(provider.emails().is_empty(), "{op:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_store_failure_after_sending_leaves_the_event_pending() {
+    for op in [StoreOp::SaveDeliveries, StoreOp::FinishEvent] {
+        let (n, store, _) = notifier(store());
+        store.fail(op);
+        let err = n.notify(cmd(None)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        let events = store.events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].event_status,
+            Some(EventStatus::Pending),
+            "{op:?}: the stored event does not claim an outcome"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deliveries_run_concurrently_within_the_bound() {
+    let contacts: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    let ids: Vec<&str> = contacts.iter().map(String::as_str).collect();
+    let mut s = MemoryStore::default().with_offer(ORG, offer(&ids));
+    for id in &ids {
+        s = s.with_contact(ORG, contact(id, Some(&format!("{id}@example.com")), None));
+    }
+    let store = Arc::new(s);
+    let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(20)));
+    let n = Notifier {
+        store,
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider.clone(),
+        concurrency: 8,
+    };
+    let event = n.notify(cmd(None)).await.unwrap();
+    assert_eq!(provider.emails().len(), 40);
+    assert_eq!(provider.max_in_flight.load(Ordering::SeqCst), 8);
+    assert_eq!(event.event_status, Some(EventStatus::Done));
+}
+
+#[tokio::test]
+async fn created_by_is_kept_on_the_event() {
+    let (n, _, _) = notifier(store());
+    let by = CreatedBy {
+        email: Some("seller@x.com".into()),
+        entity_id: Some("u1".into()),
+        entity_type: Some(EntityType::User),
+        name: Some("Sam".into()),
+    };
+    let event = n
+        .notify(NotifyCommand {
+            created_by: Some(by.clone()),
+            ..cmd(Some(&["a"]))
+        })
+        .await
+        .unwrap();
+    assert_eq!(event.created_by, Some(by));
+}
