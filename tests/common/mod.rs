@@ -1,0 +1,344 @@
+//! Test harness: a moto server of its own for each test (real DynamoDB, SES v2
+//! and SNS wire protocols), a table seeded from `tests/fixtures/demo-org.json`,
+//! and the handler driven with the sample events of `events/`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use lambda_runtime::{Context, Diagnostic, LambdaEvent};
+use notify_offer_contacts::config::Config;
+use serde_json::Value;
+
+pub const SENDER: &str = "offers@seller.example.com";
+pub const TOPIC_NAME: &str = "org-demo-notifications";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process that is killed when the test ends, pass or fail.
+pub struct Killed(pub Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn venv_bin(name: &str) -> PathBuf {
+    let p = repo().join(".venv/bin").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup first",
+        p.display()
+    );
+    p
+}
+
+/// A moto server on a free port, stopped when dropped.
+pub struct Moto {
+    _process: Killed,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto {
+            _process: Killed(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/moto-api/data.json", moto.endpoint))
+            .call()
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    /// What moto recorded as sent (emails, SMS, topic messages).
+    pub fn data(&self) -> Value {
+        let mut resp = ureq::get(&format!("{}/moto-api/data.json", self.endpoint))
+            .call()
+            .expect("data.json");
+        resp.body_mut().read_json().expect("data.json is JSON")
+    }
+
+    /// Emails sent: (to, subject, body).
+    pub fn emails(&self) -> Vec<(String, String, String)> {
+        let data = self.data();
+        data["ses"]["Message"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let to = m["destinations"]["ToAddresses"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                (
+                    to,
+                    m["subject"].as_str().unwrap_or_default().to_owned(),
+                    m["body"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// SMS sent: (number, text).
+    pub fn sms(&self) -> Vec<(String, String)> {
+        let data = self.data();
+        data["sns"]["SMS"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["phone_number"].as_str().unwrap_or_default().to_owned(),
+                    m["message"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Messages published to topics: [id, message, subject, attributes, group].
+    pub fn topic_messages(&self) -> Vec<Value> {
+        let data = self.data();
+        data["sns"]["Topic"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|t| {
+                t["sent_notifications"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        // One retry: moto does not throttle, and an expected error should not wait out backoff.
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .load()
+        .await
+}
+
+pub fn read_json(path: impl AsRef<Path>) -> Value {
+    let path = repo().join(path);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One test's world: its moto, its table (seeded), its function.
+pub struct TestEnv {
+    pub moto: Moto,
+    pub sdk: SdkConfig,
+    pub table: String,
+    pub config: Config,
+    pub app: notify_offer_contacts::App,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A seeded world whose function config `tweak` may change (e.g. the sender).
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let moto = Moto::start();
+        let sdk = sdk_config(&moto.endpoint).await;
+        let table = format!("notify-{}", uuid::Uuid::now_v7().simple());
+        create_table(&sdk, &table).await;
+        seed(&sdk, &table, &read_json("tests/fixtures/demo-org.json")).await;
+        aws_sdk_sesv2::Client::new(&sdk)
+            .create_email_identity()
+            .email_identity(SENDER)
+            .send()
+            .await
+            .expect("SES identity");
+        aws_sdk_sns::Client::new(&sdk)
+            .create_topic()
+            .name(TOPIC_NAME)
+            .send()
+            .await
+            .expect("SNS topic");
+        let mut config = Config::from_lookup(|k| match k {
+            "TABLE_NAME" => Some(table.clone()),
+            "SENDER_EMAIL" => Some(SENDER.into()),
+            _ => None,
+        })
+        .expect("config");
+        tweak(&mut config);
+        let app = notify_offer_contacts::app(&sdk, &config);
+        TestEnv {
+            moto,
+            sdk,
+            table,
+            config,
+            app,
+        }
+    }
+
+    pub fn dynamo(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    /// Invokes the handler with a JSON event, as the runtime would.
+    pub async fn invoke(&self, payload: Value) -> Result<Value, Diagnostic> {
+        let mut ctx = Context::default();
+        ctx.request_id = "test-request-1".into();
+        notify_offer_contacts::event::handle(&self.app, LambdaEvent::new(payload, ctx)).await
+    }
+
+    /// Invokes the handler with a file of `events/`.
+    pub async fn invoke_file(&self, name: &str) -> Result<Value, Diagnostic> {
+        self.invoke(read_json(format!("events/{name}"))).await
+    }
+
+    /// Invokes with an HTTP event file and splits the answer.
+    pub async fn http(&self, name: &str) -> HttpAnswer {
+        HttpAnswer::from(
+            self.invoke_file(name)
+                .await
+                .expect("HTTP events always get a response"),
+        )
+    }
+
+    /// Every item under an organisation whose sort key starts with `prefix`.
+    pub async fn items(&self, org: &str, prefix: &str) -> Vec<Value> {
+        let out = self
+            .dynamo()
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("ORG#{org}")))
+            .expression_attribute_values(":p", AttributeValue::S(prefix.into()))
+            .send()
+            .await
+            .expect("query");
+        out.items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| serde_dynamo::from_item(i).expect("item"))
+            .collect()
+    }
+}
+
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Value,
+    pub body: Value,
+}
+
+impl From<Value> for HttpAnswer {
+    fn from(v: Value) -> Self {
+        let status = v["statusCode"].as_u64().expect("statusCode") as u16;
+        let text = v["body"].as_str().unwrap_or_default();
+        let body =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
+        HttpAnswer {
+            status,
+            headers: v["headers"].clone(),
+            body,
+        }
+    }
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+    }
+    /// The body of an error answer: a JSON string.
+    pub fn message(&self) -> &str {
+        self.body
+            .as_str()
+            .unwrap_or_else(|| panic!("expected a JSON string body, got {}", self.body))
+    }
+}
+
+pub async fn create_table(sdk: &SdkConfig, table: &str) {
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |n: &str, t| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .unwrap()
+    };
+    aws_sdk_dynamodb::Client::new(sdk)
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
+}
+
+pub async fn seed(sdk: &SdkConfig, table: &str, fixture: &Value) {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    for item in fixture["items"].as_array().expect("items") {
+        let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(item).expect("item");
+        client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("seed put");
+    }
+}
