@@ -76,8 +76,12 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
     if map.contains_key("orgId") || map.contains_key("offerId") {
         return serde_json::from_value::<DirectInvocation>(payload)
             .map(Incoming::Direct)
-            .map_err(|e| {
-                DirectError::BadRequest(format!("the direct invocation is not valid: {e}"))
+            // serde's own text can quote the offending value (an address,
+            // say), and errors are logged: describe the expected shape instead.
+            .map_err(|_| {
+                DirectError::BadRequest(
+                    "the direct invocation must be {\"orgId\": string, \"offerId\": string, \"contactIds\": [string] or null, \"idempotencyKey\": string, \"createdBy\": object}".into(),
+                )
             });
     }
     Err(DirectError::BadRequest(

@@ -7,7 +7,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 
-use crate::model::{ContactIdList, CreatedBy, EntityType, OfferId, OrgId, ids::quoted};
+use crate::model::{ContactIdList, CreatedBy, EntityType, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 
 /// Largest body accepted. 1000 IDs of 128 characters fit with room to spare.
@@ -146,8 +146,7 @@ fn route(req: &Request) -> Result<(String, String), ApiError> {
             Ok(((*org).to_owned(), (*offer).to_owned()))
         }
         _ => Err(ApiError::NotFound(format!(
-            "no route {}; the endpoint is POST {ROUTE}",
-            quoted(path)
+            "no such route; the endpoint is POST {ROUTE}"
         ))),
     }
 }

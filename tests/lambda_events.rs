@@ -232,12 +232,9 @@ async fn an_unknown_route_is_404() {
     event.as_object_mut().unwrap().remove("pathParameters");
     let answer = common::HttpAnswer::from(env.invoke(event).await.unwrap());
     assert_eq!(answer.status, 404);
-    assert!(
-        answer
-            .message()
-            .starts_with("no route \"/org/org-demo/offers\""),
-        "{}",
-        answer.message()
+    assert_eq!(
+        answer.message(),
+        "no such route; the endpoint is POST /org/{orgId}/offer/{offerId}/notifyContacts"
     );
 }
 
@@ -263,10 +260,26 @@ async fn direct_invocation_answers_with_the_event_or_a_typed_error() {
         .unwrap_err();
     assert_eq!(err.error_type, "NotFound");
     let err = env
+        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo", "contactIds": ["ann@buyer.example.com"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, "BadRequest");
+    assert_eq!(
+        err.error_message,
+        "contact ID at position 0: contact ID may contain only letters, digits, '-' and '_'",
+        "the refused value is not repeated (errors are logged)"
+    );
+    let err = env
         .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo", "contactIds": [1]}))
         .await
         .unwrap_err();
     assert_eq!(err.error_type, "BadRequest");
+    assert!(
+        err.error_message
+            .starts_with("the direct invocation must be"),
+        "{}",
+        err.error_message
+    );
     let err = env.invoke(json!({"Records": []})).await.unwrap_err();
     assert_eq!(err.error_type, "BadRequest");
     assert!(

@@ -9,7 +9,8 @@ pub const MAX_ID_LEN: usize = 128;
 /// Most contact IDs one request may list.
 pub const MAX_CONTACT_IDS: usize = 1000;
 
-/// Why a value was refused; the text is shown to the caller as is.
+/// Why a value was refused; the text is shown to the caller as is and may be
+/// logged, so it never repeats the value itself (it could be an address).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidValue(pub String);
@@ -20,8 +21,8 @@ fn check_id(kind: &str, raw: &str) -> Result<(), InvalidValue> {
     }
     if raw.len() > MAX_ID_LEN {
         return Err(InvalidValue(format!(
-            "{kind} is {} characters long; the limit is {MAX_ID_LEN}",
-            raw.chars().count()
+            "{kind} is {} bytes long; the limit is {MAX_ID_LEN}",
+            raw.len()
         )));
     }
     if !raw
@@ -29,26 +30,10 @@ fn check_id(kind: &str, raw: &str) -> Result<(), InvalidValue> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(InvalidValue(format!(
-            "{kind} {} may contain only letters, digits, '-' and '_'",
-            quoted(raw)
+            "{kind} may contain only letters, digits, '-' and '_'"
         )));
     }
     Ok(())
-}
-
-/// Quotes a caller's value for an error sentence, escaping control characters
-/// and cutting it short so the sentence stays readable.
-pub fn quoted(raw: &str) -> String {
-    let mut s: String = raw
-        .chars()
-        .take(40)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
-    if raw.chars().count() > 40 {
-        s.push('…');
-    }
-    format!("\"{s}\"")
 }
 
 macro_rules! id_type {
