@@ -1,0 +1,30 @@
+"""Creates the table of CONTRACT.md on a local stand-in and seeds the demo
+organisation from tests/fixtures/demo-org.json (the same data the tests use),
+then verifies the sender identity in SES and creates the org's SNS topic.
+
+usage: seed.py ENDPOINT TABLE SENDER
+"""
+import json
+import pathlib
+import sys
+
+import boto3
+
+endpoint, table_name, sender = sys.argv[1:4]
+kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+
+ddb = boto3.resource("dynamodb", **kw)
+table = ddb.create_table(
+    TableName=table_name,
+    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+    BillingMode="PAY_PER_REQUEST",
+)
+fixture = json.loads((pathlib.Path(__file__).parent.parent / "tests/fixtures/demo-org.json").read_text())
+with table.batch_writer() as batch:
+    for item in fixture["items"]:
+        batch.put_item(Item=item)
+
+boto3.client("sesv2", **kw).create_email_identity(EmailIdentity=sender)
+boto3.client("sns", **kw).create_topic(Name="org-demo-notifications")
+print(f"seeded table {table_name}: {len(fixture['items'])} items (org-demo: offer-demo with c-ann, c-bob, c-cat)")
