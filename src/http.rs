@@ -116,12 +116,14 @@ pub fn command(req: &Request) -> Result<NotifyCommand, ApiError> {
     let offer_id =
         OfferId::parse(&offer).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
     let caller = Caller::from_request(req);
-    if let Some(caller_org) = &caller.organization_id {
-        if caller_org != org_id.as_str() {
-            return Err(ApiError::Forbidden(format!(
-                "these credentials do not grant access to organization {org_id}"
-            )));
-        }
+    if caller
+        .organization_id
+        .as_deref()
+        .is_some_and(|caller_org| caller_org != org_id.as_str())
+    {
+        return Err(ApiError::Forbidden(format!(
+            "these credentials do not grant access to organization {org_id}"
+        )));
     }
     let contact_ids = parse_body(req.body())?;
     Ok(NotifyCommand {
