@@ -15,7 +15,19 @@ pub struct Config {
     pub ses_configuration_set: Option<String>,
     /// `DELIVERY_CONCURRENCY` (1-64): deliveries in flight at once.
     pub delivery_concurrency: usize,
+    /// `EMAIL_PER_SECOND`, `SMS_PER_SECOND`, `TOPIC_PER_SECOND`: sends a second
+    /// per channel; `None` (the value `0`) is unlimited.
+    pub email_per_second: Option<f64>,
+    pub sms_per_second: Option<f64>,
+    pub topic_per_second: Option<f64>,
 }
+
+/// A new SES account (sandbox) may send 1 email a second.
+pub const DEFAULT_EMAIL_PER_SECOND: f64 = 1.0;
+/// A long-code origination number may send 1 SMS part a second.
+pub const DEFAULT_SMS_PER_SECOND: f64 = 1.0;
+/// SNS topics take thousands a second; this only guards a runaway loop.
+pub const DEFAULT_TOPIC_PER_SECOND: f64 = 10.0;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -54,7 +66,25 @@ impl Config {
                     why: format!("{v:?} is not a whole number from 1 to 64"),
                 })?,
         };
+        let rate = |name: &'static str, default: f64| -> Result<Option<f64>, ConfigError> {
+            match non_empty(name) {
+                None => Ok(Some(default)),
+                Some(v) => match v.parse::<f64>() {
+                    Ok(r) if r == 0.0 => Ok(None),
+                    Ok(r) if r.is_finite() && r > 0.0 => Ok(Some(r)),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        why: format!(
+                            "{v:?} is not a positive number of sends a second (0: unlimited)"
+                        ),
+                    }),
+                },
+            }
+        };
         Ok(Self {
+            email_per_second: rate("EMAIL_PER_SECOND", DEFAULT_EMAIL_PER_SECOND)?,
+            sms_per_second: rate("SMS_PER_SECOND", DEFAULT_SMS_PER_SECOND)?,
+            topic_per_second: rate("TOPIC_PER_SECOND", DEFAULT_TOPIC_PER_SECOND)?,
             table_name,
             sender_email,
             ses_configuration_set: non_empty("SES_CONFIGURATION_SET"),
@@ -94,6 +124,26 @@ mod tests {
             .unwrap();
         assert_eq!(c.delivery_concurrency, DEFAULT_DELIVERY_CONCURRENCY);
         assert_eq!(c.ses_configuration_set, None);
+        assert_eq!(c.email_per_second, Some(DEFAULT_EMAIL_PER_SECOND));
+        let unlimited = Config::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("SENDER_EMAIL", "a@b.co"),
+            ("SMS_PER_SECOND", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(unlimited.sms_per_second, None);
+        let bad = Config::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("SENDER_EMAIL", "a@b.co"),
+            ("EMAIL_PER_SECOND", "-1"),
+        ]));
+        assert!(matches!(
+            bad,
+            Err(ConfigError::Invalid {
+                name: "EMAIL_PER_SECOND",
+                ..
+            })
+        ));
         let bad = Config::from_lookup(lookup(&[
             ("TABLE_NAME", "t"),
             ("SENDER_EMAIL", "a@b.co"),

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod model;
 pub mod notify;
 pub mod ports;
+pub mod rate;
 pub mod render;
 pub mod telemetry;
 
@@ -37,6 +38,17 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
         sms: sns.clone(),
         topics: sns,
         concurrency: config.delivery_concurrency,
+        rates: rate_limits(config),
+    }
+}
+
+/// One bucket per channel, holding one second of sends as its burst.
+pub fn rate_limits(config: &Config) -> rate::RateLimits {
+    let limiter = |r: Option<f64>| r.map(|r| rate::RateLimiter::new(r, r.ceil().max(1.0) as u32));
+    rate::RateLimits {
+        email: limiter(config.email_per_second),
+        sms: limiter(config.sms_per_second),
+        topic: limiter(config.topic_per_second),
     }
 }
 

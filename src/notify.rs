@@ -20,6 +20,7 @@ use crate::ports::{
     ContactStore, EventStore, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError,
     TopicMessage, TopicPublisher,
 };
+use crate::rate::RateLimits;
 use crate::render;
 
 /// Deliveries listed inline in the event's `info.deliveries` at most; beyond
@@ -70,6 +71,8 @@ pub struct Notifier<S, M, P, T> {
     pub topics: T,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Sends a second per channel (none: unlimited).
+    pub rates: RateLimits,
 }
 
 /// One unit of work of the fan-out.
@@ -370,6 +373,14 @@ where
     async fn perform(&self, action: Action) -> Delivery {
         let channel = action.channel();
         let contact_id = action.contact_id();
+        let limiter = match &action {
+            Action::Email { .. } => self.rates.email.as_ref(),
+            Action::Sms { .. } => self.rates.sms.as_ref(),
+            Action::Topic(_) => self.rates.topic.as_ref(),
+        };
+        if let Some(limiter) = limiter {
+            limiter.acquire().await;
+        }
         let result: Result<String, SendError> = match &action {
             Action::Email { email, .. } => self.mailer.send_email(email).await,
             Action::Sms { to, text, .. } => self.sms.send_sms(to, text).await,

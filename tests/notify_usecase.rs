@@ -11,6 +11,7 @@ use notify_offer_contacts::notify::{
     ErrorKind, Notifier, NotifyCommand, NotifyContacts, NotifyError,
 };
 use notify_offer_contacts::ports::SendError;
+use notify_offer_contacts::rate::{RateLimiter, RateLimits};
 
 const ORG: &str = "org1";
 
@@ -69,6 +70,7 @@ fn notifier(store: MemoryStore) -> (TestNotifier, Arc<MemoryStore>, Arc<MemoryPr
         sms: provider.clone(),
         topics: provider.clone(),
         concurrency: 4,
+        rates: RateLimits::default(),
     };
     (n, store, provider)
 }
@@ -433,6 +435,7 @@ async fn deliveries_run_concurrently_within_the_bound() {
         sms: provider.clone(),
         topics: provider.clone(),
         concurrency: 8,
+        rates: RateLimits::default(),
     };
     let event = n.notify(cmd(None)).await.unwrap();
     assert_eq!(provider.emails().len(), 40);
@@ -457,4 +460,49 @@ async fn created_by_is_kept_on_the_event() {
         .await
         .unwrap();
     assert_eq!(event.created_by, Some(by));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_channel_keeps_to_its_rate() {
+    let contacts: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
+    let ids: Vec<&str> = contacts.iter().map(String::as_str).collect();
+    let mut s = MemoryStore::default()
+        .with_offer(ORG, offer(&ids))
+        .with_settings(
+            ORG,
+            NotificationSettings {
+                channels: Some(vec![NotificationChannel::Email, NotificationChannel::Sms]),
+                ..Default::default()
+            },
+        );
+    for (i, id) in ids.iter().enumerate() {
+        s = s.with_contact(
+            ORG,
+            contact(
+                id,
+                Some(&format!("{id}@example.com")),
+                Some(&format!("+120655501{i:02}")),
+            ),
+        );
+    }
+    let provider = Arc::new(MemoryProvider::default());
+    let rates = RateLimits {
+        email: Some(RateLimiter::new(4.0, 1)),
+        sms: Some(RateLimiter::new(2.0, 1)),
+        topic: None,
+    };
+    let n = Notifier {
+        store: Arc::new(s),
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider.clone(),
+        concurrency: 16,
+        rates,
+    };
+    let start = tokio::time::Instant::now();
+    let event = n.notify(cmd(None)).await.unwrap();
+    // 9 emails at 4/s take 2 s, 9 SMS at 2/s take 4 s; the channels run side by side.
+    assert_eq!(start.elapsed().as_millis(), 4000);
+    assert_eq!(provider.emails().len() + provider.sms().len(), 18);
+    assert_eq!(event.event_status, Some(EventStatus::Done));
 }
