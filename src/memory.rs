@@ -39,6 +39,9 @@ pub struct MemoryStore {
     events: Mutex<HashMap<(String, String), NotificationEvent>>,
     deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
     failing: Mutex<HashSet<StoreOp>>,
+    /// When set, writes are accepted and dropped (benchmarks that run a
+    /// request many times must not grow the store).
+    forgetful: bool,
     /// Calls made, for counting round trips.
     pub calls: AtomicUsize,
 }
@@ -55,6 +58,10 @@ impl MemoryStore {
     }
     pub fn with_settings(mut self, org: &str, settings: NotificationSettings) -> Self {
         self.settings.insert(org.into(), settings);
+        self
+    }
+    pub fn forgetful(mut self) -> Self {
+        self.forgetful = true;
         self
     }
     pub fn fail(&self, op: StoreOp) {
@@ -117,6 +124,9 @@ impl ContactStore for MemoryStore {
 impl EventStore for MemoryStore {
     async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
         self.check(StoreOp::CreateEvent)?;
+        if self.forgetful {
+            return Ok(());
+        }
         let key = (
             event.organization_id.clone().unwrap_or_default(),
             event.event_id.clone().unwrap_or_default(),
@@ -137,6 +147,9 @@ impl EventStore for MemoryStore {
         deliveries: &[Delivery],
     ) -> Result<(), StoreError> {
         self.check(StoreOp::SaveDeliveries)?;
+        if self.forgetful {
+            return Ok(());
+        }
         lock(&self.deliveries)
             .entry(event_id.to_owned())
             .or_default()
@@ -145,6 +158,9 @@ impl EventStore for MemoryStore {
     }
     async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
         self.check(StoreOp::FinishEvent)?;
+        if self.forgetful {
+            return Ok(());
+        }
         let key = (
             event.organization_id.clone().unwrap_or_default(),
             event.event_id.clone().unwrap_or_default(),
@@ -231,4 +247,49 @@ impl TopicPublisher for MemoryProvider {
         lock(&self.published).push(message.clone());
         Ok(id)
     }
+}
+
+/// A seeded store for benchmarks: org `org1`, offer `o1` with `n` contacts,
+/// each with an email address and a phone number, channels as given.
+pub fn offer_with_contacts(
+    n: usize,
+    channels: Vec<crate::model::NotificationChannel>,
+) -> MemoryStore {
+    use crate::model::{ContactInfo, OfferInfo, Partner};
+    let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let offer = Offer {
+        id: "o1".into(),
+        organization_id: Some("org1".into()),
+        name: Some("Enterprise plan, 3 years".into()),
+        status: Some("PENDING_ACCEPTANCE".into()),
+        partner: Some(Partner::Aws),
+        contact_ids: ids.clone(),
+        info: Some(OfferInfo {
+            private_offer_url: Some("https://aws.amazon.com/marketplace/ao/o1".into()),
+        }),
+        expire_time: None,
+    };
+    let mut store = MemoryStore::default()
+        .with_offer("org1", offer)
+        .with_settings(
+            "org1",
+            NotificationSettings {
+                channels: Some(channels),
+                ..NotificationSettings::default()
+            },
+        );
+    for (i, id) in ids.into_iter().enumerate() {
+        let contact = Contact {
+            id: id.clone(),
+            organization_id: Some("org1".into()),
+            name: Some(format!("Buyer {i}")),
+            email_address: Some(format!("{id}@buyer.example.com")),
+            info: Some(ContactInfo {
+                phone_number: Some(format!("+1206{:07}", i % 10_000_000)),
+                ..ContactInfo::default()
+            }),
+        };
+        store = store.with_contact("org1", contact);
+    }
+    store
 }
