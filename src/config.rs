@@ -70,7 +70,7 @@ impl Config {
             match non_empty(name) {
                 None => Ok(Some(default)),
                 Some(v) => match v.parse::<f64>() {
-                    Ok(r) if r == 0.0 => Ok(None),
+                    Ok(0.0) => Ok(None),
                     Ok(r) if r.is_finite() && r > 0.0 => Ok(Some(r)),
                     _ => Err(ConfigError::Invalid {
                         name,

@@ -81,6 +81,11 @@ impl MemoryStore {
             .cloned()
             .unwrap_or_default()
     }
+    /// Counts and gates a write: `Ok(false)` when a forgetful store drops it.
+    fn write(&self, op: StoreOp) -> Result<bool, StoreError> {
+        self.check(op)?;
+        Ok(!self.forgetful)
+    }
     fn check(&self, op: StoreOp) -> Result<(), StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if lock(&self.failing).contains(&op) {
@@ -121,23 +126,25 @@ impl ContactStore for MemoryStore {
     }
 }
 
+fn event_key(event: &NotificationEvent) -> (String, String) {
+    (
+        event.organization_id.clone().unwrap_or_default(),
+        event.event_id.clone().unwrap_or_default(),
+    )
+}
+
 impl EventStore for MemoryStore {
     async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
-        self.check(StoreOp::CreateEvent)?;
-        if self.forgetful {
+        if !self.write(StoreOp::CreateEvent)? {
             return Ok(());
         }
-        let key = (
-            event.organization_id.clone().unwrap_or_default(),
-            event.event_id.clone().unwrap_or_default(),
-        );
         let mut events = lock(&self.events);
-        if events.contains_key(&key) {
+        if events.contains_key(&event_key(event)) {
             return Err(StoreError::Conflict {
                 op: "store new event",
             });
         }
-        events.insert(key, event.clone());
+        events.insert(event_key(event), event.clone());
         Ok(())
     }
     async fn save_deliveries(
@@ -146,8 +153,7 @@ impl EventStore for MemoryStore {
         event_id: &str,
         deliveries: &[Delivery],
     ) -> Result<(), StoreError> {
-        self.check(StoreOp::SaveDeliveries)?;
-        if self.forgetful {
+        if !self.write(StoreOp::SaveDeliveries)? {
             return Ok(());
         }
         lock(&self.deliveries)
@@ -157,16 +163,10 @@ impl EventStore for MemoryStore {
         Ok(())
     }
     async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
-        self.check(StoreOp::FinishEvent)?;
-        if self.forgetful {
+        if !self.write(StoreOp::FinishEvent)? {
             return Ok(());
         }
-        let key = (
-            event.organization_id.clone().unwrap_or_default(),
-            event.event_id.clone().unwrap_or_default(),
-        );
-        let mut events = lock(&self.events);
-        match events.get_mut(&key) {
+        match lock(&self.events).get_mut(&event_key(event)) {
             Some(e) => {
                 *e = event.clone();
                 Ok(())
