@@ -1,5 +1,6 @@
 //! Typed settings, read once at start-up from the environment.
 
+use crate::metrics::MetricsConfig;
 use crate::model::EmailAddress;
 
 /// Deliveries in flight at once when `DELIVERY_CONCURRENCY` is not set.
@@ -20,6 +21,8 @@ pub struct Config {
     pub email_per_second: Option<f64>,
     pub sms_per_second: Option<f64>,
     pub topic_per_second: Option<f64>,
+    /// `POWERTOOLS_METRICS_NAMESPACE`, `POWERTOOLS_SERVICE_NAME`.
+    pub metrics: MetricsConfig,
 }
 
 /// A new SES account (sandbox) may send 1 email a second.
@@ -81,7 +84,13 @@ impl Config {
                 },
             }
         };
+        let defaults = MetricsConfig::default();
+        let metrics = MetricsConfig {
+            namespace: non_empty("POWERTOOLS_METRICS_NAMESPACE").unwrap_or(defaults.namespace),
+            service: non_empty("POWERTOOLS_SERVICE_NAME").unwrap_or(defaults.service),
+        };
         Ok(Self {
+            metrics,
             email_per_second: rate("EMAIL_PER_SECOND", DEFAULT_EMAIL_PER_SECOND)?,
             sms_per_second: rate("SMS_PER_SECOND", DEFAULT_SMS_PER_SECOND)?,
             topic_per_second: rate("TOPIC_PER_SECOND", DEFAULT_TOPIC_PER_SECOND)?,

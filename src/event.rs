@@ -3,6 +3,7 @@
 //! the direct invocation JSON of another Lambda.
 
 use std::convert::Infallible;
+use std::sync::Mutex;
 
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Request, Service, service_fn};
@@ -10,6 +11,8 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::http::Outcome;
+use crate::metrics::MetricsConfig;
 use crate::model::{ContactIdList, CreatedBy, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 
@@ -90,34 +93,97 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
     ))
 }
 
-/// The function's entry point for every event.
+/// The function's entry point for every event. With `metrics`, each
+/// invocation also prints its CloudWatch EMF documents.
 pub async fn handle<U: NotifyContacts>(
     use_case: &U,
+    metrics: Option<&MetricsConfig>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Diagnostic> {
     let LambdaEvent { payload, context } = event;
     let request_id = context.request_id.clone();
-    let incoming =
-        classify(payload).inspect_err(|e| tracing::info!(reason = %e, "event refused"))?;
+    let (answer, outcome) = dispatch(use_case, payload, context).await;
+    if let Some(cfg) = metrics {
+        crate::metrics::emit(&crate::metrics::documents(
+            cfg,
+            crate::metrics::take_cold_start(),
+            &request_id,
+            outcome.label,
+            outcome.event.as_ref(),
+        ));
+    }
+    answer
+}
+
+async fn dispatch<U: NotifyContacts>(
+    use_case: &U,
+    payload: Value,
+    context: lambda_runtime::Context,
+) -> (Result<Value, Diagnostic>, Outcome) {
+    let request_id = context.request_id.clone();
+    let refused = |e: DirectError| {
+        let label = direct_label(&e);
+        (Err(e.into()), Outcome { label, event: None })
+    };
+    let incoming = match classify(payload) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::info!(reason = %e, "event refused");
+            return refused(e);
+        }
+    };
     match incoming {
         Incoming::Http(request) => {
+            let outcome = Mutex::new(None);
+            let outcome_ref = &outcome;
             let mut adapter = Adapter::from(service_fn(|req: Request| async move {
-                Ok::<_, Infallible>(crate::http::handle(use_case, req).await)
+                let (response, o) = crate::http::respond(use_case, req).await;
+                *outcome_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+                Ok::<_, Infallible>(response)
             }));
             let response = match adapter.call(LambdaEvent::new(*request, context)).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            serde_json::to_value(response).map_err(|_| DirectError::Internal { request_id }.into())
-        }
-        Incoming::Direct(invocation) => {
-            let cmd = direct_command(invocation)?;
-            match use_case.notify(cmd).await {
-                Ok(event) => serde_json::to_value(event)
-                    .map_err(|_| DirectError::Internal { request_id }.into()),
-                Err(e) => Err(direct_error(e, request_id).into()),
+            let outcome = outcome
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(Outcome {
+                    label: "internal",
+                    event: None,
+                });
+            match serde_json::to_value(response) {
+                Ok(v) => (Ok(v), outcome),
+                Err(_) => refused(DirectError::Internal { request_id }),
             }
         }
+        Incoming::Direct(invocation) => {
+            let cmd = match direct_command(invocation) {
+                Ok(c) => c,
+                Err(e) => return refused(e),
+            };
+            match use_case.notify(cmd).await {
+                Ok(event) => match serde_json::to_value(&event) {
+                    Ok(v) => (
+                        Ok(v),
+                        Outcome {
+                            label: "ok",
+                            event: Some(event),
+                        },
+                    ),
+                    Err(_) => refused(DirectError::Internal { request_id }),
+                },
+                Err(e) => refused(direct_error(e, request_id)),
+            }
+        }
+    }
+}
+
+fn direct_label(e: &DirectError) -> &'static str {
+    match e {
+        DirectError::BadRequest(_) => "bad_request",
+        DirectError::NotFound(_) => "not_found",
+        DirectError::Internal { .. } => "internal",
     }
 }
 

@@ -7,7 +7,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 
-use crate::model::{ContactIdList, CreatedBy, EntityType, OfferId, OrgId};
+use crate::model::{ContactIdList, CreatedBy, EntityType, NotificationEvent, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 
 /// Largest body accepted. 1000 IDs of 128 characters fit with room to spare.
@@ -54,6 +54,31 @@ impl From<NotifyError> for ApiError {
 
 /// Serves one HTTP request. Never fails: every outcome is a response.
 pub async fn handle<U: NotifyContacts>(use_case: &U, req: Request) -> Response<Body> {
+    respond(use_case, req).await.0
+}
+
+/// How a request ended, for metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub label: &'static str,
+    pub event: Option<NotificationEvent>,
+}
+
+impl Outcome {
+    fn of(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            200 => "ok",
+            400 => "bad_request",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            _ => "internal",
+        }
+    }
+}
+
+/// Serves one HTTP request and says how it ended.
+pub async fn respond<U: NotifyContacts>(use_case: &U, req: Request) -> (Response<Body>, Outcome) {
     let request_id = req
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
@@ -69,9 +94,20 @@ pub async fn handle<U: NotifyContacts>(use_case: &U, req: Request) -> Response<B
                 event_id = event.event_id.as_deref().unwrap_or(""),
                 "notifyContacts answered"
             );
-            json(StatusCode::OK, &event)
+            let resp = json(StatusCode::OK, &event);
+            (
+                resp,
+                Outcome {
+                    label: "ok",
+                    event: Some(event),
+                },
+            )
         }
-        Err(e) => error_response(&e, &request_id),
+        Err(e) => {
+            let resp = error_response(&e, &request_id);
+            let label = Outcome::of(resp.status());
+            (resp, Outcome { label, event: None })
+        }
     }
 }
 

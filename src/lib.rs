@@ -6,6 +6,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod ports;

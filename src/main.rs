@@ -1,4 +1,6 @@
 //! Start-up only: logs, typed config, AWS clients (once), then the runtime.
+// The adapter, the use case and the SDK futures nest deeply; the default limit of 128 is too low for them.
+#![recursion_limit = "256"]
 
 use std::sync::Arc;
 
@@ -12,9 +14,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let sdk = aws::sdk_config().await;
     let app = Arc::new(notify_offer_contacts::app(&sdk, &config));
+    let metrics = Arc::new(config.metrics);
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
-        let app = Arc::clone(&app);
-        async move { event::handle(&*app, ev).await }
+        let (app, metrics) = (Arc::clone(&app), Arc::clone(&metrics));
+        async move { event::handle(&*app, Some(&*metrics), ev).await }
     }))
     .await
 }

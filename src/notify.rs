@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::model::event::now_millis;
 use crate::model::{
@@ -486,7 +487,7 @@ where
             last_update_time: Some(now),
             ..NotificationEvent::default()
         };
-        let (actions, mut deliveries) = self.plan(&event, &offer, &settings, &recipients);
+        let (actions, deliveries) = self.plan(&event, &offer, &settings, &recipients);
         event.contact_emails = Some(
             actions
                 .iter()
@@ -497,8 +498,37 @@ where
                 .collect(),
         );
 
+        // From here on every log line names the event.
+        let span = tracing::info_span!("event", event_id = %event_id);
+        self.deliver_and_record(&cmd.org_id, event, actions, deliveries)
+            .instrument(span)
+            .await
+    }
+}
+
+impl<S, M, P, T> Notifier<S, M, P, T>
+where
+    S: OfferStore + ContactStore + EventStore,
+    M: Mailer,
+    P: SmsSender,
+    T: TopicPublisher,
+{
+    /// Stores the event PENDING, delivers, then stores the ledger and the outcome.
+    async fn deliver_and_record(
+        &self,
+        org: &OrgId,
+        mut event: NotificationEvent,
+        actions: Vec<Action>,
+        mut deliveries: Vec<Delivery>,
+    ) -> Result<NotificationEvent, NotifyError> {
+        let event_id = event.event_id.clone().unwrap_or_default();
         self.store.create_event(&event).await?;
-        tracing::info!(event_id = %event_id, recipients = recipients.ids.len(), planned = actions.len(), skipped = deliveries.len(), "event stored, delivering");
+        tracing::info!(
+            recipients = event.contact_ids.as_ref().map_or(0, Vec::len),
+            planned = actions.len(),
+            skipped = deliveries.len(),
+            "event stored, delivering"
+        );
 
         let mut sent: Vec<(usize, Delivery)> = stream::iter(actions.into_iter().enumerate())
             .map(|(i, a)| async move { (i, self.perform(a).await) })
@@ -509,7 +539,7 @@ where
         deliveries.extend(sent.into_iter().map(|(_, d)| d));
 
         self.store
-            .save_deliveries(&cmd.org_id, &event_id, &deliveries)
+            .save_deliveries(org, &event_id, &deliveries)
             .await?;
 
         let (summary, status, used) = summarise(&deliveries);
@@ -527,7 +557,7 @@ where
         event.event_status = Some(status.clone());
         event.last_update_time = Some(now_millis());
         self.store.finish_event(&event).await?;
-        tracing::info!(event_id = %event_id, status = %status, "event finished");
+        tracing::info!(status = %status, "event finished");
         Ok(event)
     }
 }

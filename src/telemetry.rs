@@ -1,6 +1,6 @@
 //! Structured logs: JSON lines (CloudWatch reads them as fields), the level from
-//! `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG`. Each line carries the runtime's span,
-//! which holds the request id. No line holds an address, a number or a body.
+//! `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG`. Each line carries its spans: the
+//! runtime's (`requestId`, `xrayTraceId`) and, once the event exists, `event_id`. No line holds an address, a number or a body.
 
 use tracing_subscriber::EnvFilter;
 
@@ -21,8 +21,8 @@ pub fn init() {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_current_span(false)
+            .with_span_list(true)
             .try_init()
     };
 }

@@ -97,6 +97,8 @@ async fn the_built_binary_serves_events_under_the_runtime_emulator() {
             .env("TABLE_NAME", &table)
             .env("SENDER_EMAIL", SENDER)
             .env("AWS_LAMBDA_LOG_LEVEL", "debug")
+            .env("POWERTOOLS_METRICS_NAMESPACE", "NotifyTest")
+            .env("POWERTOOLS_SERVICE_NAME", "notify-test")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -134,11 +136,53 @@ async fn the_built_binary_serves_events_under_the_runtime_emulator() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     assert!(
-        lines
-            .iter()
-            .any(|l| l["message"] == "event finished" && l["span"]["requestId"].is_string()),
+        lines.iter().any(|l| l["message"] == "event finished"
+            && l["spans"][0]["requestId"].is_string()
+            && l["spans"][1]["event_id"].is_string()),
         "{logs}"
     );
+    // Metrics: CloudWatch EMF documents among the lines, one set per invocation.
+    let emf: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    let requests: Vec<&&Value> = emf.iter().filter(|d| d.get("Requests").is_some()).collect();
+    assert_eq!(
+        requests.len(),
+        4,
+        "one invocation document per request: {emf:?}"
+    );
+    assert_eq!(
+        requests[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "NotifyTest"
+    );
+    assert_eq!(requests[0]["service"], "notify-test");
+    assert_eq!(
+        requests[0]["ColdStart"], 1,
+        "the first invocation is the cold start"
+    );
+    assert!(requests[1].get("ColdStart").is_none());
+    assert_eq!(requests[0]["Recipients"], 3);
+    assert!(requests[0]["FanOutDuration"].as_i64().is_some());
+    let outcomes: Vec<&str> = requests
+        .iter()
+        .map(|d| d["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "method_not_allowed", "bad_request", "ok"]);
+    let email = emf
+        .iter()
+        .find(|d| d["channel"] == "EMAIL")
+        .expect("a per-channel document");
+    assert_eq!(
+        (
+            email["DeliveriesSent"].as_u64(),
+            email["DeliveriesSkipped"].as_u64(),
+            email["DeliveriesFailed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0))
+    );
+    assert_eq!(
+        email["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([["service", "channel"]])
+    );
+
     for secret in [
         "@buyer.example.com",
         "+12065550100",

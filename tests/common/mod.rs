@@ -228,7 +228,7 @@ impl TestEnv {
     pub async fn invoke(&self, payload: Value) -> Result<Value, Diagnostic> {
         let mut ctx = Context::default();
         ctx.request_id = "test-request-1".into();
-        notify_offer_contacts::event::handle(&self.app, LambdaEvent::new(payload, ctx)).await
+        notify_offer_contacts::event::handle(&self.app, None, LambdaEvent::new(payload, ctx)).await
     }
 
     /// Invokes the handler with a file of `events/`.
