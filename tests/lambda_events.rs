@@ -336,3 +336,16 @@ async fn a_storage_failure_is_a_500_naming_the_request_id_and_nothing_else() {
     );
     assert!(env.moto.emails().is_empty());
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_a_400() {
+    // Function URLs and API Gateway base64-encode a body that is not text.
+    let env = TestEnv::new().await;
+    let mut event = common::read_json("events/http-api-notify-all.json");
+    event["body"] = json!("/xDA"); // the bytes ff 10 c0
+    event["isBase64Encoded"] = json!(true);
+    let answer = common::HttpAnswer::from(env.invoke(event).await.unwrap());
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.message(), "the body is not valid UTF-8 text");
+    assert!(env.moto.emails().is_empty());
+}
