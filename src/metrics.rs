@@ -1,7 +1,7 @@
 //! CloudWatch metrics in Embedded Metric Format: one JSON line per document on
 //! stdout, which CloudWatch Logs turns into metrics. Built from the answer at
 //! the edge, so the use case knows nothing of it. Per invocation: recipients,
-//! fan-out duration and cold start; per channel: deliveries sent, skipped
+//! fan-out duration, cold start and internal errors; per channel: deliveries sent, skipped
 //! and failed.
 
 use std::io::Write;
@@ -71,6 +71,11 @@ pub fn documents(
     let mut fields = base.clone();
     let mut metrics: Vec<(&str, &str)> = vec![("Requests", "Count")];
     fields.insert("Requests".into(), json!(1));
+    if outcome == "internal" {
+        // An HTTP 500 is a successful invocation to Lambda: count it ourselves.
+        metrics.push(("InternalErrors", "Count"));
+        fields.insert("InternalErrors".into(), json!(1));
+    }
     if cold_start {
         metrics.push(("ColdStart", "Count"));
         fields.insert("ColdStart".into(), json!(1));
@@ -187,5 +192,8 @@ mod tests {
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0]["outcome"], "bad_request");
         assert!(docs[0].get("ColdStart").is_none());
+        assert!(docs[0].get("InternalErrors").is_none());
+        let docs = documents(&MetricsConfig::default(), false, "r3", "internal", None);
+        assert_eq!(docs[0]["InternalErrors"], 1);
     }
 }
