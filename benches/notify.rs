@@ -26,6 +26,7 @@ fn notifier(n: usize, latency: Duration, concurrency: usize) -> Bench {
         topics: provider,
         concurrency,
         rates: RateLimits::default(),
+        policy: Default::default(),
     }
 }
 
@@ -48,6 +49,8 @@ fn per_request(c: &mut Criterion) {
                     offer_id: OfferId::parse("o1").unwrap(),
                     contact_ids,
                     created_by: None,
+                    idempotency_key: None,
+                    deadline: None,
                 };
                 let event = app.notify(cmd).await.unwrap();
                 serde_json::to_string(&event).unwrap()
@@ -70,6 +73,8 @@ fn fan_out(c: &mut Criterion) {
                     offer_id: OfferId::parse("o1").unwrap(),
                     contact_ids: None,
                     created_by: None,
+                    idempotency_key: None,
+                    deadline: None,
                 };
                 app.notify(cmd).await.unwrap()
             })

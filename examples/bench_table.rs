@@ -19,6 +19,8 @@ fn cmd() -> NotifyCommand {
         offer_id: OfferId::parse("o1").unwrap(),
         contact_ids: None,
         created_by: None,
+        idempotency_key: None,
+        deadline: None,
     }
 }
 
@@ -36,6 +38,7 @@ fn notifier(
         topics: p,
         concurrency,
         rates,
+        policy: Default::default(),
     }
 }
 

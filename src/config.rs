@@ -23,6 +23,8 @@ pub struct Config {
     pub topic_per_second: Option<f64>,
     /// `POWERTOOLS_METRICS_NAMESPACE`, `POWERTOOLS_SERVICE_NAME`.
     pub metrics: MetricsConfig,
+    /// `IDEMPOTENCY_WINDOW_HOURS` (1-168, default 24): how long a key is remembered.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// A new SES account (sandbox) may send 1 email a second.
@@ -89,7 +91,20 @@ impl Config {
             namespace: non_empty("POWERTOOLS_METRICS_NAMESPACE").unwrap_or(defaults.namespace),
             service: non_empty("POWERTOOLS_SERVICE_NAME").unwrap_or(defaults.service),
         };
+        let idempotency_window = match non_empty("IDEMPOTENCY_WINDOW_HOURS") {
+            None => std::time::Duration::from_secs(24 * 3600),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|h| (1..=168).contains(h))
+                .map(|h| std::time::Duration::from_secs(h * 3600))
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "IDEMPOTENCY_WINDOW_HOURS",
+                    why: format!("{v:?} is not a whole number of hours from 1 to 168"),
+                })?,
+        };
         Ok(Self {
+            idempotency_window,
             metrics,
             email_per_second: rate("EMAIL_PER_SECOND", DEFAULT_EMAIL_PER_SECOND)?,
             sms_per_second: rate("SMS_PER_SECOND", DEFAULT_SMS_PER_SECOND)?,

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::http::Outcome;
 use crate::metrics::MetricsConfig;
-use crate::model::{ContactIdList, CreatedBy, OfferId, OrgId};
+use crate::model::{ContactIdList, CreatedBy, IdempotencyKey, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 
 /// The direct invocation of CONTRACT.md -> Inputs.
@@ -24,7 +24,7 @@ pub struct DirectInvocation {
     pub offer_id: String,
     #[serde(default)]
     pub contact_ids: Option<Vec<String>>,
-    /// Accepted and validated; not yet enforced (see README -> Status).
+    /// Makes a retry safe: a repeat within the window answers with the stored event.
     #[serde(default)]
     pub idempotency_key: Option<String>,
     #[serde(default)]
@@ -38,6 +38,10 @@ pub enum DirectError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    KeyInProgress(String),
+    #[error("{0}")]
+    KeyReused(String),
     #[error("internal error; quote request id {request_id} when reporting it")]
     Internal { request_id: String },
 }
@@ -47,6 +51,8 @@ impl From<DirectError> for Diagnostic {
         let error_type = match &e {
             DirectError::BadRequest(_) => "BadRequest",
             DirectError::NotFound(_) => "NotFound",
+            DirectError::KeyInProgress(_) => "KeyInProgress",
+            DirectError::KeyReused(_) => "KeyReused",
             DirectError::Internal { .. } => "InternalError",
         };
         Diagnostic {
@@ -158,7 +164,7 @@ async fn dispatch<U: NotifyContacts>(
             }
         }
         Incoming::Direct(invocation) => {
-            let cmd = match direct_command(invocation) {
+            let cmd = match direct_command(invocation, deadline(&context)) {
                 Ok(c) => c,
                 Err(e) => return refused(e),
             };
@@ -183,17 +189,54 @@ fn direct_label(e: &DirectError) -> &'static str {
     match e {
         DirectError::BadRequest(_) => "bad_request",
         DirectError::NotFound(_) => "not_found",
+        DirectError::KeyInProgress(_) => "conflict",
+        DirectError::KeyReused(_) => "key_reused",
         DirectError::Internal { .. } => "internal",
     }
 }
 
-fn direct_command(inv: DirectInvocation) -> Result<NotifyCommand, DirectError> {
-    let bad = |e: crate::model::InvalidValue| DirectError::BadRequest(e.to_string());
-    if let Some(key) = &inv.idempotency_key {
-        crate::model::ContactId::parse(key)
-            .map_err(|e| DirectError::BadRequest(format!("idempotencyKey: {e}")))?;
+/// When the runtime will stop this invocation, as an `Instant`; `None` when
+/// the context carries no deadline (0, as in a test's default context).
+pub fn deadline(ctx: &lambda_runtime::Context) -> Option<std::time::Instant> {
+    if ctx.deadline == 0 {
+        return None;
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    let remaining_ms = ctx.deadline as i64 - now_ms as i64;
+    tracing::debug!(
+        deadline_ms = ctx.deadline,
+        remaining_ms,
+        "invocation deadline"
+    );
+    // Lambda sends an epoch time at most 15 minutes ahead. Anything else (local
+    // emulators send a duration, e.g. 600000) is no deadline at all, rather than
+    // one that passed decades ago and would stop every send.
+    if !(-60_000..=16 * 60_000).contains(&remaining_ms) {
+        return None;
+    }
+    Some(
+        std::time::Instant::now()
+            + std::time::Duration::from_millis(ctx.deadline.saturating_sub(now_ms)),
+    )
+}
+
+fn direct_command(
+    inv: DirectInvocation,
+    deadline: Option<std::time::Instant>,
+) -> Result<NotifyCommand, DirectError> {
+    let bad = |e: crate::model::InvalidValue| DirectError::BadRequest(e.to_string());
+    let idempotency_key = inv
+        .idempotency_key
+        .as_deref()
+        .map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(|e| DirectError::BadRequest(format!("idempotencyKey: {e}")))?;
     Ok(NotifyCommand {
+        idempotency_key,
+        deadline,
         org_id: OrgId::parse(&inv.org_id).map_err(bad)?,
         offer_id: OfferId::parse(&inv.offer_id).map_err(bad)?,
         contact_ids: inv
@@ -210,9 +253,36 @@ fn direct_error(e: NotifyError, request_id: String) -> DirectError {
     match e.kind() {
         ErrorKind::BadRequest => DirectError::BadRequest(e.to_string()),
         ErrorKind::NotFound => DirectError::NotFound(e.to_string()),
+        ErrorKind::KeyInProgress => DirectError::KeyInProgress(e.to_string()),
+        ErrorKind::KeyReused => DirectError::KeyReused(e.to_string()),
         ErrorKind::Internal => {
             tracing::error!(error = %crate::error_chain(&e), "direct invocation failed");
             DirectError::Internal { request_id }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_is_read_from_the_context() {
+        let mut ctx = lambda_runtime::Context::default();
+        assert_eq!(deadline(&ctx), None);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        ctx.deadline = now_ms + 10_000;
+        let left = deadline(&ctx).unwrap() - std::time::Instant::now();
+        assert!(
+            left > std::time::Duration::from_millis(9_000)
+                && left <= std::time::Duration::from_millis(10_000),
+            "{left:?}"
+        );
+        // What cargo-lambda's emulator sends: a duration, not a time.
+        ctx.deadline = 600_000;
+        assert_eq!(deadline(&ctx), None);
     }
 }

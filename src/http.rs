@@ -7,11 +7,16 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 
-use crate::model::{ContactIdList, CreatedBy, EntityType, NotificationEvent, OfferId, OrgId};
+use crate::model::{
+    ContactIdList, CreatedBy, EntityType, IdempotencyKey, NotificationEvent, OfferId, OrgId,
+};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 
 /// Largest body accepted. 1000 IDs of 128 characters fit with room to spare.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The request header that makes a retry safe (IETF httpapi draft's name).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 pub const ROUTE: &str = "/org/{orgId}/offer/{offerId}/notifyContacts";
 
@@ -25,6 +30,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method {0} is not allowed on {ROUTE}; use POST")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    KeyReused(String),
     #[error("internal error")]
     Internal(#[source] NotifyError),
 }
@@ -37,6 +46,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -47,6 +58,8 @@ impl From<NotifyError> for ApiError {
         match e.kind() {
             ErrorKind::BadRequest => ApiError::BadRequest(e.to_string()),
             ErrorKind::NotFound => ApiError::NotFound(e.to_string()),
+            ErrorKind::KeyInProgress => ApiError::Conflict(e.to_string()),
+            ErrorKind::KeyReused => ApiError::KeyReused(e.to_string()),
             ErrorKind::Internal => ApiError::Internal(e),
         }
     }
@@ -72,6 +85,8 @@ impl Outcome {
             403 => "forbidden",
             404 => "not_found",
             405 => "method_not_allowed",
+            409 => "conflict",
+            422 => "key_reused",
             _ => "internal",
         }
     }
@@ -162,11 +177,26 @@ pub fn command(req: &Request) -> Result<NotifyCommand, ApiError> {
         )));
     }
     let contact_ids = parse_body(req.body())?;
+    let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::BadRequest("the Idempotency-Key header must be plain text".into())
+                })
+                .and_then(|k| {
+                    IdempotencyKey::parse(k)
+                        .map_err(|e| ApiError::BadRequest(format!("Idempotency-Key header: {e}")))
+                })?,
+        ),
+    };
     Ok(NotifyCommand {
         org_id,
         offer_id,
         contact_ids,
         created_by: caller.created_by,
+        idempotency_key,
+        deadline: req.lambda_context_ref().and_then(crate::event::deadline),
     })
 }
 

@@ -40,6 +40,10 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
         topics: sns,
         concurrency: config.delivery_concurrency,
         rates: rate_limits(config),
+        policy: notify::Policy {
+            idempotency_window: config.idempotency_window,
+            ..notify::Policy::default()
+        },
     }
 }
 

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::model::{
-    Contact, ContactId, Delivery, NotificationEvent, NotificationSettings, Offer, OfferId, OrgId,
-    PhoneNumber,
+    Contact, ContactId, Delivery, IdempotencyKey, NotificationEvent, NotificationSettings, Offer,
+    OfferId, OrgId, PhoneNumber,
 };
 use crate::ports::{
-    ContactStore, EventStore, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError,
-    TopicMessage, TopicPublisher,
+    Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
+    KeyOutcome, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError, TopicMessage,
+    TopicPublisher,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -29,6 +30,7 @@ pub enum StoreOp {
     CreateEvent,
     SaveDeliveries,
     FinishEvent,
+    Idempotency,
 }
 
 #[derive(Default)]
@@ -38,6 +40,7 @@ pub struct MemoryStore {
     settings: HashMap<String, NotificationSettings>,
     events: Mutex<HashMap<(String, String), NotificationEvent>>,
     deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
+    keys: Mutex<HashMap<(String, String), IdempotencyRecord>>,
     failing: Mutex<HashSet<StoreOp>>,
     /// When set, writes are accepted and dropped (benchmarks that run a
     /// request many times must not grow the store).
@@ -64,6 +67,16 @@ impl MemoryStore {
         self.forgetful = true;
         self
     }
+    /// Ends an injected failure.
+    pub fn heal(&self, op: StoreOp) {
+        lock(&self.failing).remove(&op);
+    }
+    /// Makes a key look older than its window.
+    pub fn expire_key(&self, org: &str, key: &str) {
+        if let Some(r) = lock(&self.keys).get_mut(&(org.to_owned(), key.to_owned())) {
+            r.expires_at = 0;
+        }
+    }
     pub fn fail(&self, op: StoreOp) {
         lock(&self.failing).insert(op);
     }
@@ -74,6 +87,23 @@ impl MemoryStore {
     }
     pub fn events(&self) -> Vec<NotificationEvent> {
         lock(&self.events).values().cloned().collect()
+    }
+    pub fn key_record(&self, org: &str, key: &str) -> Option<IdempotencyRecord> {
+        lock(&self.keys)
+            .get(&(org.to_owned(), key.to_owned()))
+            .cloned()
+    }
+    /// Sets a key's lock, as if a running (or killed) request held it until `until`.
+    pub fn hold_lock(&self, org: &str, key: &str, until: i64) {
+        if let Some(r) = lock(&self.keys).get_mut(&(org.to_owned(), key.to_owned())) {
+            r.locked_until = until;
+        }
+    }
+    /// Makes a key's lock look expired, as if its request had died long ago.
+    pub fn expire_lock(&self, org: &str, key: &str) {
+        if let Some(r) = lock(&self.keys).get_mut(&(org.to_owned(), key.to_owned())) {
+            r.locked_until = 0;
+        }
     }
     pub fn deliveries(&self, event_id: &str) -> Vec<Delivery> {
         lock(&self.deliveries)
@@ -156,10 +186,13 @@ impl EventStore for MemoryStore {
         if !self.write(StoreOp::SaveDeliveries)? {
             return Ok(());
         }
-        lock(&self.deliveries)
-            .entry(event_id.to_owned())
-            .or_default()
-            .extend_from_slice(deliveries);
+        // One item per delivery key, as in DynamoDB: a later write replaces it.
+        let mut all = lock(&self.deliveries);
+        let ledger = all.entry(event_id.to_owned()).or_default();
+        for d in deliveries {
+            ledger.retain(|old| old.key() != d.key());
+            ledger.push(d.clone());
+        }
         Ok(())
     }
     async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
@@ -175,6 +208,70 @@ impl EventStore for MemoryStore {
                 op: "store final event",
             }),
         }
+    }
+    async fn event_with_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError> {
+        self.check(StoreOp::ReadOffer)?;
+        Ok(self
+            .event(org.as_str(), event_id)
+            .map(|e| (e, self.deliveries(event_id))))
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    async fn claim(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        record: &IdempotencyRecord,
+        now_s: i64,
+    ) -> Result<Claim, StoreError> {
+        self.check(StoreOp::Idempotency)?;
+        let mut keys = lock(&self.keys);
+        let k = (org.to_string(), key.to_string());
+        match keys.get(&k) {
+            Some(held) if held.expires_at >= now_s => Ok(Claim::Existing(held.clone())),
+            _ => {
+                keys.insert(k, record.clone());
+                Ok(Claim::Claimed)
+            }
+        }
+    }
+    async fn take_over(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        previous_lock: i64,
+        locked_until: i64,
+    ) -> Result<bool, StoreError> {
+        self.check(StoreOp::Idempotency)?;
+        match lock(&self.keys).get_mut(&(org.to_string(), key.to_string())) {
+            Some(r)
+                if r.status == IdempotencyStatus::InProgress && r.locked_until == previous_lock =>
+            {
+                r.locked_until = locked_until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    async fn finish(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        outcome: KeyOutcome,
+    ) -> Result<(), StoreError> {
+        self.check(StoreOp::Idempotency)?;
+        if let Some(r) = lock(&self.keys).get_mut(&(org.to_string(), key.to_string())) {
+            match outcome {
+                KeyOutcome::Completed => r.status = IdempotencyStatus::Completed,
+                KeyOutcome::Released => r.locked_until = 0,
+            }
+        }
+        Ok(())
     }
 }
 

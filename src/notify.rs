@@ -14,12 +14,13 @@ use tracing::Instrument;
 use crate::model::event::now_millis;
 use crate::model::{
     Contact, ContactId, ContactIdList, CreatedBy, Delivery, DeliveryStatus, EmailAddress,
-    EntityType, EventStatus, NotificationChannel, NotificationEvent, NotificationEventAction,
-    NotificationSettings, Offer, OfferId, OrgId, PhoneNumber,
+    EntityType, EventStatus, IdempotencyKey, NotificationChannel, NotificationEvent,
+    NotificationEventAction, NotificationSettings, Offer, OfferId, OrgId, PhoneNumber,
 };
 use crate::ports::{
-    ContactStore, EventStore, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError,
-    TopicMessage, TopicPublisher,
+    Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
+    KeyOutcome, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError, TopicMessage,
+    TopicPublisher,
 };
 use crate::rate::RateLimits;
 use crate::render;
@@ -36,6 +37,32 @@ pub struct NotifyCommand {
     /// `None` or empty: every contact of the offer.
     pub contact_ids: Option<ContactIdList>,
     pub created_by: Option<CreatedBy>,
+    /// With a key, a repeat within the window answers with the stored event.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// When the Lambda will be stopped; no send starts within the policy's margin of it.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// How long keys live and hold, and how close to the deadline sends stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// How long an idempotency key is remembered (default 24 h).
+    pub idempotency_window: std::time::Duration,
+    /// How long a running request holds its key before a retry may resume it
+    /// (default 60 s, above the function's 28 s timeout).
+    pub idempotency_lock: std::time::Duration,
+    /// No new send starts when less than this is left before the deadline (default 3 s).
+    pub deadline_margin: std::time::Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            idempotency_window: std::time::Duration::from_secs(24 * 3600),
+            idempotency_lock: std::time::Duration::from_secs(60),
+            deadline_margin: std::time::Duration::from_secs(3),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +73,12 @@ pub enum NotifyError {
     NotOnOffer { offer: OfferId, ids: Vec<ContactId> },
     #[error("offer {0} has no contacts to notify; add contacts to the offer first")]
     NoContacts(OfferId),
+    #[error(
+        "idempotency key {0} was already used for a different request; use a new key for a new request"
+    )]
+    KeyReused(IdempotencyKey),
+    #[error("a request with idempotency key {0} is still running; retry after it ends")]
+    KeyInProgress(IdempotencyKey),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -74,6 +107,7 @@ pub struct Notifier<S, M, P, T> {
     pub concurrency: usize,
     /// Sends a second per channel (none: unlimited).
     pub rates: RateLimits,
+    pub policy: Policy,
 }
 
 /// One unit of work of the fan-out.
@@ -97,6 +131,14 @@ impl Action {
             Action::Sms { .. } => NotificationChannel::Sms,
             Action::Topic(_) => NotificationChannel::Sns,
         }
+    }
+    /// The same key as the `Delivery` this action produces.
+    fn key(&self) -> String {
+        format!(
+            "{}#{}",
+            self.channel(),
+            self.contact_id().as_deref().unwrap_or("-")
+        )
     }
     fn contact_id(&self) -> Option<String> {
         match self {
@@ -444,12 +486,115 @@ fn summarise(
 
 impl<S, M, P, T> NotifyContacts for Notifier<S, M, P, T>
 where
-    S: OfferStore + ContactStore + EventStore,
+    S: OfferStore + ContactStore + EventStore + IdempotencyStore,
     M: Mailer,
     P: SmsSender,
     T: TopicPublisher,
 {
     async fn notify(&self, cmd: NotifyCommand) -> Result<NotificationEvent, NotifyError> {
+        let Some(key) = cmd.idempotency_key.clone() else {
+            return self.run(&cmd, new_event_id(), false).await;
+        };
+        let org = &cmd.org_id;
+        let now_ms = epoch_ms();
+        let lock_ms = self.policy.idempotency_lock.as_millis() as i64;
+        let claim = IdempotencyRecord {
+            request_hash: request_hash(&cmd),
+            event_id: new_event_id(),
+            status: IdempotencyStatus::InProgress,
+            locked_until: now_ms + lock_ms,
+            expires_at: now_ms / 1000 + self.policy.idempotency_window.as_secs() as i64,
+        };
+        let (event_id, resume) = match self.store.claim(org, &key, &claim, now_ms / 1000).await? {
+            Claim::Claimed => (claim.event_id.clone(), false),
+            Claim::Existing(held) if held.request_hash != claim.request_hash => {
+                return Err(NotifyError::KeyReused(key));
+            }
+            Claim::Existing(held) if held.status == IdempotencyStatus::Completed => {
+                tracing::info!(event_id = %held.event_id, "idempotent repeat: answering with the stored event");
+                return match self
+                    .store
+                    .event_with_deliveries(org, &held.event_id)
+                    .await?
+                {
+                    Some((event, _)) => Ok(event),
+                    None => Err(NotifyError::Store(StoreError::Malformed {
+                        op: "replay idempotent request",
+                        detail: "the key's event is missing".into(),
+                    })),
+                };
+            }
+            Claim::Existing(held) if held.locked_until > now_ms => {
+                return Err(NotifyError::KeyInProgress(key));
+            }
+            Claim::Existing(held) => {
+                // The first attempt stopped or died: resume its event, once.
+                if !self
+                    .store
+                    .take_over(org, &key, held.locked_until, now_ms + lock_ms)
+                    .await?
+                {
+                    return Err(NotifyError::KeyInProgress(key));
+                }
+                tracing::info!(event_id = %held.event_id, "resuming an interrupted request");
+                (held.event_id, true)
+            }
+        };
+        let result = self.run(&cmd, event_id, resume).await;
+        let outcome = match &result {
+            Ok(event) if event.event_status != Some(EventStatus::Pending) => KeyOutcome::Completed,
+            _ => KeyOutcome::Released,
+        };
+        if let Err(e) = self.store.finish(org, &key, outcome).await {
+            // The record stays in progress until its lock runs out; a repeat then
+            // resumes, finds every delivery recorded, and completes it.
+            tracing::warn!(error = %crate::error_chain(&e), "could not record the idempotency key's outcome");
+        }
+        result
+    }
+}
+
+fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn epoch_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// What a request asks for, independent of ID order and duplicates: the same
+/// key with another hash is another request.
+pub fn request_hash(cmd: &NotifyCommand) -> String {
+    use sha2::{Digest, Sha256};
+    let mut ids: Vec<&str> = cmd
+        .contact_ids
+        .iter()
+        .flat_map(|l| l.as_slice())
+        .map(ContactId::as_str)
+        .collect();
+    ids.sort_unstable();
+    let canonical = format!("offer={}\ncontacts={}", cmd.offer_id, ids.join(","));
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl<S, M, P, T> Notifier<S, M, P, T>
+where
+    S: OfferStore + ContactStore + EventStore + IdempotencyStore,
+    M: Mailer,
+    P: SmsSender,
+    T: TopicPublisher,
+{
+    /// Resolves, plans and delivers the event `event_id`; with `resume`, the
+    /// event may already exist and its recorded SENT deliveries are not sent again.
+    async fn run(
+        &self,
+        cmd: &NotifyCommand,
+        event_id: String,
+        resume: bool,
+    ) -> Result<NotificationEvent, NotifyError> {
         let (offer, settings) = tokio::try_join!(
             self.store.offer(&cmd.org_id, &cmd.offer_id),
             self.store.settings(&cmd.org_id)
@@ -461,10 +606,9 @@ where
                     .is_none_or(|org| org == cmd.org_id.as_str())
             })
             .ok_or_else(|| NotifyError::OfferNotFound(cmd.offer_id.clone()))?;
-        let recipients = self.resolve(&cmd, &offer, &settings).await?;
+        let recipients = self.resolve(cmd, &offer, &settings).await?;
 
         let now = now_millis();
-        let event_id = uuid::Uuid::now_v7().to_string();
         let mut event = NotificationEvent {
             action: Some(NotificationEventAction::NotifyContacts),
             entity_type: Some(EntityType::Offer),
@@ -487,7 +631,7 @@ where
             last_update_time: Some(now),
             ..NotificationEvent::default()
         };
-        let (actions, deliveries) = self.plan(&event, &offer, &settings, &recipients);
+        let (mut actions, decided) = self.plan(&event, &offer, &settings, &recipients);
         event.contact_emails = Some(
             actions
                 .iter()
@@ -500,56 +644,123 @@ where
 
         // From here on every log line names the event.
         let span = tracing::info_span!("event", event_id = %event_id);
-        self.deliver_and_record(&cmd.org_id, event, actions, deliveries)
-            .instrument(span)
-            .await
+        async move {
+            let mut recorded: Vec<Delivery> = Vec::new();
+            let stored = if resume {
+                self.store
+                    .event_with_deliveries(&cmd.org_id, &event_id)
+                    .await?
+            } else {
+                None
+            };
+            match stored {
+                Some((previous, ledger)) => {
+                    // Keep the first attempt's creation time, and what it got accepted.
+                    event.timestamp = previous.timestamp;
+                    let sent: HashSet<String> = ledger
+                        .iter()
+                        .filter(|d| d.status == DeliveryStatus::Sent)
+                        .map(Delivery::key)
+                        .collect();
+                    let before = actions.len();
+                    actions.retain(|a| !sent.contains(&a.key()));
+                    tracing::info!(
+                        already_sent = before - actions.len(),
+                        to_send = actions.len(),
+                        "resuming"
+                    );
+                    recorded.extend(
+                        ledger
+                            .into_iter()
+                            .filter(|d| d.status == DeliveryStatus::Sent),
+                    );
+                }
+                None => self.store.create_event(&event).await?,
+            }
+            self.deliver_and_record(cmd, event, actions, decided, recorded)
+                .await
+        }
+        .instrument(span)
+        .await
     }
-}
 
-impl<S, M, P, T> Notifier<S, M, P, T>
-where
-    S: OfferStore + ContactStore + EventStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
-{
-    /// Stores the event PENDING, delivers, then stores the ledger and the outcome.
+    /// Delivers, writing the ledger as deliveries complete (so an interrupted
+    /// run can be resumed without sending twice), then stores the outcome.
     async fn deliver_and_record(
         &self,
-        org: &OrgId,
+        cmd: &NotifyCommand,
         mut event: NotificationEvent,
         actions: Vec<Action>,
-        mut deliveries: Vec<Delivery>,
+        decided: Vec<Delivery>,
+        mut recorded: Vec<Delivery>,
     ) -> Result<NotificationEvent, NotifyError> {
+        let org = &cmd.org_id;
         let event_id = event.event_id.clone().unwrap_or_default();
-        self.store.create_event(&event).await?;
         tracing::info!(
             recipients = event.contact_ids.as_ref().map_or(0, Vec::len),
             planned = actions.len(),
-            skipped = deliveries.len(),
+            skipped = decided.len(),
             "event stored, delivering"
         );
+        if !decided.is_empty() {
+            self.store.save_deliveries(org, &event_id, &decided).await?;
+            recorded.extend(decided);
+        }
 
-        let mut sent: Vec<(usize, Delivery)> = stream::iter(actions.into_iter().enumerate())
-            .map(|(i, a)| async move { (i, self.perform(a).await) })
-            .buffer_unordered(self.concurrency.max(1))
-            .collect()
-            .await;
-        sent.sort_by_key(|(i, _)| *i);
-        deliveries.extend(sent.into_iter().map(|(_, d)| d));
-
-        self.store
-            .save_deliveries(org, &event_id, &deliveries)
+        // Near the Lambda's deadline no new send starts: what remains is left
+        // for a retry with the same idempotency key.
+        let deadline = cmd
+            .deadline
+            .map(|d| d.checked_sub(self.policy.deadline_margin).unwrap_or(d));
+        let mut results = stream::iter(actions.into_iter().enumerate())
+            .map(|(i, a)| async move {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    return (i, None);
+                }
+                (i, Some(self.perform(a).await))
+            })
+            .buffer_unordered(self.concurrency.max(1));
+        let mut unrecorded: Vec<(usize, Delivery)> = Vec::new();
+        let mut fresh: Vec<(usize, Delivery)> = Vec::new();
+        let mut not_started = 0usize;
+        let mut tick = tokio::time::interval(LEDGER_FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = results.next() => match next {
+                    Some((i, Some(d))) => {
+                        unrecorded.push((i, d));
+                        if unrecorded.len() >= LEDGER_BATCH {
+                            self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?;
+                        }
+                    }
+                    Some((_, None)) => not_started += 1,
+                    None => break,
+                },
+                _ = tick.tick(), if !unrecorded.is_empty() => self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?,
+            }
+        }
+        self.flush(org, &event_id, &mut unrecorded, &mut fresh)
             .await?;
+        fresh.sort_by_key(|(i, _)| *i);
+        recorded.extend(fresh.into_iter().map(|(_, d)| d));
 
-        let (summary, status, used) = summarise(&deliveries);
+        let (summary, status, used) = summarise(&recorded);
+        let status = if not_started > 0 {
+            EventStatus::Pending
+        } else {
+            status
+        };
         let mut info = Map::new();
         info.insert("deliverySummary".into(), Value::Object(summary));
-        info.insert("deliveryCount".into(), json!(deliveries.len()));
-        if deliveries.len() <= MAX_INLINE_DELIVERIES {
+        info.insert("deliveryCount".into(), json!(recorded.len()));
+        if not_started > 0 {
+            info.insert("deliveriesNotStarted".into(), json!(not_started));
+        }
+        if recorded.len() <= MAX_INLINE_DELIVERIES {
             info.insert(
                 "deliveries".into(),
-                serde_json::to_value(&deliveries).unwrap_or(Value::Null),
+                serde_json::to_value(&recorded).unwrap_or(Value::Null),
             );
         }
         event.info = Some(info);
@@ -557,10 +768,31 @@ where
         event.event_status = Some(status.clone());
         event.last_update_time = Some(now_millis());
         self.store.finish_event(&event).await?;
-        tracing::info!(status = %status, "event finished");
+        tracing::info!(status = %status, not_started, "event finished");
         Ok(event)
     }
+
+    async fn flush(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        unrecorded: &mut Vec<(usize, Delivery)>,
+        recorded: &mut Vec<(usize, Delivery)>,
+    ) -> Result<(), NotifyError> {
+        if unrecorded.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<Delivery> = unrecorded.iter().map(|(_, d)| d.clone()).collect();
+        self.store.save_deliveries(org, event_id, &batch).await?;
+        recorded.append(unrecorded);
+        Ok(())
+    }
 }
+
+/// Deliveries are written to the ledger in batches of this many, or at least
+/// this often, whichever comes first: the most a crash can leave unrecorded.
+const LEDGER_BATCH: usize = 25;
+const LEDGER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How the edges should present an error: the caller's fault, a missing
 /// thing, or ours.
@@ -568,6 +800,10 @@ where
 pub enum ErrorKind {
     BadRequest,
     NotFound,
+    /// The idempotency key belongs to another request (HTTP 422).
+    KeyReused,
+    /// The idempotency key's request is still running (HTTP 409).
+    KeyInProgress,
     Internal,
 }
 
@@ -576,6 +812,8 @@ impl NotifyError {
         match self {
             NotifyError::OfferNotFound(_) => ErrorKind::NotFound,
             NotifyError::NotOnOffer { .. } | NotifyError::NoContacts(_) => ErrorKind::BadRequest,
+            NotifyError::KeyReused(_) => ErrorKind::KeyReused,
+            NotifyError::KeyInProgress(_) => ErrorKind::KeyInProgress,
             NotifyError::Store(_) => ErrorKind::Internal,
         }
     }

@@ -5,8 +5,8 @@
 use std::future::Future;
 
 use crate::model::{
-    Contact, ContactId, Delivery, EmailAddress, NotificationEvent, NotificationSettings, Offer,
-    OfferId, OrgId, PhoneNumber,
+    Contact, ContactId, Delivery, EmailAddress, IdempotencyKey, NotificationEvent,
+    NotificationSettings, Offer, OfferId, OrgId, PhoneNumber,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -73,6 +73,74 @@ pub trait ContactStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Contact>, StoreError>> + Send;
 }
 
+/// The state of one idempotency key (CONTRACT-scoped to the organisation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotencyRecord {
+    /// Hash of what was asked (offer, contact IDs): a different request with the same key is refused.
+    pub request_hash: String,
+    /// The event this key's request creates or created.
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    pub status: IdempotencyStatus,
+    /// Until when (epoch ms) a running request holds the key; past it, a retry may resume.
+    pub locked_until: i64,
+    /// When (epoch seconds) the key is forgotten; also DynamoDB's TTL attribute.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IdempotencyStatus {
+    InProgress,
+    Completed,
+}
+
+/// The answer to claiming a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free (or expired): the caller now holds it.
+    Claimed,
+    /// The key is held or was used: here is its live record.
+    Existing(IdempotencyRecord),
+}
+
+pub trait IdempotencyStore: Send + Sync {
+    /// Stores `record` unless a live (unexpired at `now_s`) record holds the key.
+    fn claim(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        record: &IdempotencyRecord,
+        now_s: i64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+    /// Takes over an in-progress record whose lock ran out: succeeds only if
+    /// it still has `previous_lock` (so two retries cannot both resume).
+    fn take_over(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        previous_lock: i64,
+        locked_until: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Marks the key's request as done (or frees its lock at once with `Released`).
+    fn finish(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        outcome: KeyOutcome,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// How a keyed request ended, for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// The event is complete: repeats get it back.
+    Completed,
+    /// The request stopped early (an error, or the deadline): a repeat may resume at once.
+    Released,
+}
+
 pub trait EventStore: Send + Sync {
     /// Stores a new event; fails with `Conflict` when its ID is taken.
     fn create_event(
@@ -91,6 +159,12 @@ pub trait EventStore: Send + Sync {
         &self,
         event: &NotificationEvent,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A stored event and its ledger, when the event exists.
+    fn event_with_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send;
 }
 
 /// An email ready to send: one recipient, rendered content, tags for tracking.
@@ -162,6 +236,20 @@ macro_rules! delegate {
             }
             fn finish_event(&self, event: &NotificationEvent) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).finish_event(event)
+            }
+            fn event_with_deliveries(&self, org: &OrgId, event_id: &str) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send {
+                (**self).event_with_deliveries(org, event_id)
+            }
+        }
+        impl<X: IdempotencyStore + ?Sized> IdempotencyStore for $wrapper {
+            fn claim(&self, org: &OrgId, key: &IdempotencyKey, record: &IdempotencyRecord, now_s: i64) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+                (**self).claim(org, key, record, now_s)
+            }
+            fn take_over(&self, org: &OrgId, key: &IdempotencyKey, previous_lock: i64, locked_until: i64) -> impl Future<Output = Result<bool, StoreError>> + Send {
+                (**self).take_over(org, key, previous_lock, locked_until)
+            }
+            fn finish(&self, org: &OrgId, key: &IdempotencyKey, outcome: KeyOutcome) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).finish(org, key, outcome)
             }
         }
         impl<X: Mailer + ?Sized> Mailer for $wrapper {

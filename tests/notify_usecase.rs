@@ -71,6 +71,7 @@ fn notifier(store: MemoryStore) -> (TestNotifier, Arc<MemoryStore>, Arc<MemoryPr
         topics: provider.clone(),
         concurrency: 4,
         rates: RateLimits::default(),
+        policy: Default::default(),
     };
     (n, store, provider)
 }
@@ -81,6 +82,8 @@ fn cmd(ids: Option<&[&str]>) -> NotifyCommand {
         offer_id: OfferId::parse("o1").unwrap(),
         contact_ids: ids.map(|i| ContactIdList::parse(i).unwrap()),
         created_by: None,
+        idempotency_key: None,
+        deadline: None,
     }
 }
 
@@ -436,6 +439,7 @@ async fn deliveries_run_concurrently_within_the_bound() {
         topics: provider.clone(),
         concurrency: 8,
         rates: RateLimits::default(),
+        policy: Default::default(),
     };
     let event = n.notify(cmd(None)).await.unwrap();
     assert_eq!(provider.emails().len(), 40);
@@ -498,6 +502,7 @@ async fn each_channel_keeps_to_its_rate() {
         topics: provider.clone(),
         concurrency: 16,
         rates,
+        policy: Default::default(),
     };
     let start = tokio::time::Instant::now();
     let event = n.notify(cmd(None)).await.unwrap();
@@ -505,4 +510,177 @@ async fn each_channel_keeps_to_its_rate() {
     assert_eq!(start.elapsed().as_millis(), 4000);
     assert_eq!(provider.emails().len() + provider.sms().len(), 18);
     assert_eq!(event.event_status, Some(EventStatus::Done));
+}
+
+// ---- idempotency, resume, deadline ----
+
+fn keyed(ids: Option<&[&str]>, key: &str) -> NotifyCommand {
+    NotifyCommand {
+        idempotency_key: Some(IdempotencyKey::parse(key).unwrap()),
+        ..cmd(ids)
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_with_the_same_key_answers_with_the_stored_event_and_sends_nothing() {
+    let (n, store, provider) = notifier(store());
+    let first = n.notify(keyed(None, "k1")).await.unwrap();
+    let again = n.notify(keyed(None, "k1")).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(provider.emails().len(), 2, "the repeat sent nothing");
+    assert_eq!(store.events().len(), 1);
+    assert_eq!(
+        store.key_record(ORG, "k1").unwrap().status,
+        notify_offer_contacts::ports::IdempotencyStatus::Completed
+    );
+    // Order and duplicates of the IDs do not make it another request.
+    let (n, _, provider) = notifier(self::store());
+    let a = n.notify(keyed(Some(&["a", "b"]), "k2")).await.unwrap();
+    let b = n.notify(keyed(Some(&["b", "a", "a"]), "k2")).await.unwrap();
+    assert_eq!(a.event_id, b.event_id);
+    assert_eq!(provider.emails().len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_key_for_another_request_is_refused_and_nothing_is_sent() {
+    let (n, _, provider) = notifier(store());
+    n.notify(keyed(Some(&["a"]), "k1")).await.unwrap();
+    let err = n.notify(keyed(Some(&["b"]), "k1")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyReused);
+    assert_eq!(
+        err.to_string(),
+        "idempotency key k1 was already used for a different request; use a new key for a new request"
+    );
+    assert_eq!(provider.emails().len(), 1);
+}
+
+#[tokio::test]
+async fn a_repeat_while_the_first_is_running_is_a_conflict() {
+    let store = Arc::new(store());
+    let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(200)));
+    let n = Notifier {
+        store: store.clone(),
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider.clone(),
+        concurrency: 4,
+        rates: RateLimits::default(),
+        policy: Default::default(),
+    };
+    let (first, second) = tokio::join!(n.notify(keyed(None, "k1")), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        n.notify(keyed(None, "k1")).await
+    });
+    assert_eq!(first.unwrap().event_status, Some(EventStatus::Done));
+    assert_eq!(second.unwrap_err().kind(), ErrorKind::KeyInProgress);
+    assert_eq!(provider.emails().len(), 2);
+}
+
+#[tokio::test]
+async fn near_the_deadline_no_send_starts_and_a_retry_sends_only_the_rest() {
+    let store = Arc::new(store());
+    let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(100)));
+    let n = Notifier {
+        store: store.clone(),
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider.clone(),
+        concurrency: 1,
+        rates: RateLimits::default(),
+        policy: notify_offer_contacts::notify::Policy {
+            deadline_margin: Duration::ZERO,
+            ..Default::default()
+        },
+    };
+    // a and b by email (100 ms each, one at a time); the deadline falls during the first.
+    let first = n
+        .notify(NotifyCommand {
+            deadline: Some(std::time::Instant::now() + Duration::from_millis(50)),
+            ..keyed(None, "k1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.event_status, Some(EventStatus::Pending));
+    assert_eq!(first.info.as_ref().unwrap()["deliveriesNotStarted"], 1);
+    assert_eq!(provider.emails().len(), 1);
+
+    let second = n.notify(keyed(None, "k1")).await.unwrap();
+    assert_eq!(second.event_id, first.event_id, "the same event, resumed");
+    assert_eq!(second.timestamp, first.timestamp);
+    assert_eq!(second.event_status, Some(EventStatus::Done));
+    let mut to: Vec<String> = provider
+        .emails()
+        .iter()
+        .map(|e| e.to.as_str().to_owned())
+        .collect();
+    to.sort();
+    assert_eq!(
+        to,
+        ["a@example.com", "b@example.com"],
+        "each contact exactly once"
+    );
+    let ledger = store.deliveries(second.event_id.as_deref().unwrap());
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Sent)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_run_that_died_after_sending_is_completed_by_a_retry_without_sending_again() {
+    let (n, store, provider) = notifier(store());
+    store.fail(StoreOp::FinishEvent);
+    assert_eq!(
+        n.notify(keyed(None, "k1")).await.unwrap_err().kind(),
+        ErrorKind::Internal
+    );
+    assert_eq!(provider.emails().len(), 2);
+    store.heal(StoreOp::FinishEvent);
+
+    let event = n.notify(keyed(None, "k1")).await.unwrap();
+    assert_eq!(event.event_status, Some(EventStatus::Done));
+    assert_eq!(provider.emails().len(), 2, "nobody got the email twice");
+    assert_eq!(
+        event.info.unwrap()["deliverySummary"]["EMAIL"],
+        serde_json::json!({"sent": 2, "skipped": 1, "failed": 0})
+    );
+}
+
+#[tokio::test]
+async fn a_lock_left_by_a_killed_run_is_409_until_it_expires_then_resumed() {
+    let (n, store, provider) = notifier(store());
+    store.fail(StoreOp::FinishEvent);
+    assert!(n.notify(keyed(Some(&["b"]), "k1")).await.is_err());
+    store.heal(StoreOp::FinishEvent);
+    // As if the process had been killed: the key still holds its lock.
+    store.hold_lock(ORG, "k1", i64::MAX);
+    assert_eq!(
+        n.notify(keyed(Some(&["b"]), "k1"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::KeyInProgress
+    );
+
+    store.expire_lock(ORG, "k1");
+    let event = n.notify(keyed(Some(&["b"]), "k1")).await.unwrap();
+    assert_eq!(event.event_status, Some(EventStatus::Done));
+    assert_eq!(
+        provider.emails().len(),
+        1,
+        "b's email was recorded as sent before the kill"
+    );
+}
+
+#[tokio::test]
+async fn after_its_window_a_key_starts_a_new_request() {
+    let (n, store, provider) = notifier(store());
+    let first = n.notify(keyed(Some(&["a"]), "k1")).await.unwrap();
+    store.expire_key(ORG, "k1");
+    let second = n.notify(keyed(Some(&["a"]), "k1")).await.unwrap();
+    assert_ne!(first.event_id, second.event_id);
+    assert_eq!(provider.emails().len(), 2);
 }

@@ -7,10 +7,16 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
 use crate::model::{
-    Contact, ContactId, Delivery, NotificationEvent, NotificationSettings, Offer, OfferId, OrgId,
+    Contact, ContactId, Delivery, IdempotencyKey, NotificationEvent, NotificationSettings, Offer,
+    OfferId, OrgId,
 };
-use crate::ports::{ContactStore, EventStore, OfferStore, StoreError};
+use crate::ports::{
+    Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStore, KeyOutcome, OfferStore,
+    StoreError,
+};
 
 /// BatchGetItem takes at most 100 keys, BatchWriteItem 25 items.
 const BATCH_GET_MAX: usize = 100;
@@ -256,6 +262,114 @@ impl ContactStore for DynamoStore {
     }
 }
 
+pub fn idempotency_sk(key: &IdempotencyKey) -> String {
+    format!("IDEMPOTENCY#{key}")
+}
+
+fn conditional_failed<E: ProvideErrorMetadata, R>(
+    e: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> bool {
+    e.code() == Some("ConditionalCheckFailedException")
+}
+
+impl IdempotencyStore for DynamoStore {
+    async fn claim(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        record: &IdempotencyRecord,
+        now_s: i64,
+    ) -> Result<Claim, StoreError> {
+        const OP: &str = "claim idempotency key";
+        let mut item: Item = serde_dynamo::to_item(record).map_err(malformed(OP))?;
+        item.extend(self::key(org_pk(org), idempotency_sk(key)));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            // Free, or past its window (DynamoDB's TTL deletes late; the code does not rely on it).
+            .condition_expression("attribute_not_exists(pk) OR expiresAt < :now")
+            .expression_attribute_values(":now", AttributeValue::N(now_s.to_string()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(Claim::Claimed),
+            Err(e) if conditional_failed(&e) => {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(self::key(org_pk(org), idempotency_sk(key))))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(unavailable(OP))?;
+                let held = out.item.ok_or(StoreError::Conflict { op: OP })?;
+                Ok(Claim::Existing(
+                    serde_dynamo::from_item(held).map_err(malformed(OP))?,
+                ))
+            }
+            Err(e) => Err(unavailable(OP)(e)),
+        }
+    }
+
+    async fn take_over(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        previous_lock: i64,
+        locked_until: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(org_pk(org), idempotency_sk(key))))
+            .update_expression("SET lockedUntil = :new")
+            .condition_expression("#s = :running AND lockedUntil = :prev")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":new", AttributeValue::N(locked_until.to_string()))
+            .expression_attribute_values(":prev", AttributeValue::N(previous_lock.to_string()))
+            .expression_attribute_values(":running", AttributeValue::S("IN_PROGRESS".into()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable("take over idempotency key")(e)),
+        }
+    }
+
+    async fn finish(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        outcome: KeyOutcome,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(org_pk(org), idempotency_sk(key))));
+        let update = match outcome {
+            KeyOutcome::Completed => update
+                .update_expression("SET #s = :done")
+                .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":done", AttributeValue::S("COMPLETED".into())),
+            KeyOutcome::Released => update
+                .update_expression("SET lockedUntil = :zero")
+                .expression_attribute_values(":zero", AttributeValue::N("0".into())),
+        };
+        update
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await
+            .map_err(unavailable("finish idempotency key"))?;
+        Ok(())
+    }
+}
+
 impl EventStore for DynamoStore {
     async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
         let (org, id) = event_key(event)?;
@@ -287,6 +401,54 @@ impl EventStore for DynamoStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.write_all(OP, items).await
+    }
+
+    async fn event_with_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError> {
+        const OP: &str = "read event and ledger";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), event_sk(event_id))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable(OP))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let event: NotificationEvent = serde_dynamo::from_item(item).map_err(malformed(OP))?;
+        let mut ledger = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", AttributeValue::S(org_pk(org)))
+                .expression_attribute_values(
+                    ":prefix",
+                    AttributeValue::S(format!("DELIVERY#{event_id}#")),
+                )
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable(OP))?;
+            for item in page.items.unwrap_or_default() {
+                ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(Some((event, ledger)))
     }
 
     async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {

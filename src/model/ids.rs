@@ -80,6 +80,10 @@ id_type!(
     /// A contact ID.
     ContactId, "contact ID"
 );
+id_type!(
+    /// A caller's idempotency key (`Idempotency-Key` header, `idempotencyKey`).
+    IdempotencyKey, "idempotency key"
+);
 
 /// The contact IDs a request names: at most [`MAX_CONTACT_IDS`], each valid,
 /// duplicates removed (first occurrence kept, order preserved).

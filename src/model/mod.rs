@@ -9,5 +9,8 @@ pub mod offer;
 pub use delivery::{Delivery, DeliveryStatus};
 pub use enums::*;
 pub use event::{CreatedBy, NotificationEvent, TrackEvent};
-pub use ids::{ContactId, ContactIdList, EmailAddress, InvalidValue, OfferId, OrgId, PhoneNumber};
+pub use ids::{
+    ContactId, ContactIdList, EmailAddress, IdempotencyKey, InvalidValue, OfferId, OrgId,
+    PhoneNumber,
+};
 pub use offer::{Contact, ContactInfo, NotificationSettings, Offer, OfferInfo};
