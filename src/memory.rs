@@ -42,6 +42,8 @@ pub struct MemoryStore {
     deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
     keys: Mutex<HashMap<(String, String), IdempotencyRecord>>,
     failing: Mutex<HashSet<StoreOp>>,
+    /// Calls of an op that still succeed before it starts failing.
+    failing_after: Mutex<HashMap<StoreOp, usize>>,
     /// When set, writes are accepted and dropped (benchmarks that run a
     /// request many times must not grow the store).
     forgetful: bool,
@@ -70,6 +72,11 @@ impl MemoryStore {
     /// Ends an injected failure.
     pub fn heal(&self, op: StoreOp) {
         lock(&self.failing).remove(&op);
+        lock(&self.failing_after).remove(&op);
+    }
+    /// Lets `calls` more calls of `op` succeed, then fails every later one.
+    pub fn fail_after(&self, op: StoreOp, calls: usize) {
+        lock(&self.failing_after).insert(op, calls);
     }
     /// Makes a key look older than its window.
     pub fn expire_key(&self, org: &str, key: &str) {
@@ -118,6 +125,13 @@ impl MemoryStore {
     }
     fn check(&self, op: StoreOp) -> Result<(), StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(left) = lock(&self.failing_after).get_mut(&op) {
+            if *left == 0 {
+                lock(&self.failing).insert(op);
+            } else {
+                *left -= 1;
+            }
+        }
         if lock(&self.failing).contains(&op) {
             return Err(StoreError::Unavailable {
                 op: "memory store",

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{StreamExt, stream};
+use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
@@ -130,6 +130,17 @@ impl Action {
             Action::Email { .. } => NotificationChannel::Email,
             Action::Sms { .. } => NotificationChannel::Sms,
             Action::Topic(_) => NotificationChannel::Sns,
+        }
+    }
+    /// The record written just before the send.
+    fn intent(&self) -> Delivery {
+        Delivery {
+            channel: self.channel(),
+            contact_id: self.contact_id(),
+            status: DeliveryStatus::Sending,
+            message_id: None,
+            reason: None,
+            time: now_millis(),
         }
     }
     /// The same key as the `Delivery` this action produces.
@@ -463,11 +474,15 @@ fn summarise(
             DeliveryStatus::Sent => "sent",
             DeliveryStatus::Skipped => "skipped",
             DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Sending | DeliveryStatus::Unconfirmed => "unconfirmed",
         };
         entry[key] = json!(entry[key].as_u64().unwrap_or(0) + 1);
         match d.status {
             DeliveryStatus::Sent => sent += 1,
-            DeliveryStatus::Failed => failed += 1,
+            // Not known to be accepted: the event cannot say DONE.
+            DeliveryStatus::Failed | DeliveryStatus::Sending | DeliveryStatus::Unconfirmed => {
+                failed += 1
+            }
             DeliveryStatus::Skipped => continue,
         }
         if !used.contains(&d.channel) {
@@ -655,24 +670,39 @@ where
             };
             match stored {
                 Some((previous, ledger)) => {
-                    // Keep the first attempt's creation time, and what it got accepted.
+                    // Keep the first attempt's creation time and what it got
+                    // accepted. A delivery it left SENDING may have gone out:
+                    // it becomes UNCONFIRMED and is not sent again.
                     event.timestamp = previous.timestamp;
-                    let sent: HashSet<String> = ledger
-                        .iter()
-                        .filter(|d| d.status == DeliveryStatus::Sent)
-                        .map(Delivery::key)
-                        .collect();
+                    let mut settled: HashSet<String> = HashSet::new();
+                    let mut unconfirmed = Vec::new();
+                    for mut d in ledger {
+                        match d.status {
+                            DeliveryStatus::Sent | DeliveryStatus::Unconfirmed => {}
+                            DeliveryStatus::Sending => {
+                                d.status = DeliveryStatus::Unconfirmed;
+                                d.reason = Some(
+                                    "the run stopped between sending and recording; not sent again, so it reached the recipient at most once"
+                                        .into(),
+                                );
+                                d.time = now_millis();
+                                unconfirmed.push(d.clone());
+                            }
+                            DeliveryStatus::Failed | DeliveryStatus::Skipped => continue,
+                        }
+                        settled.insert(d.key());
+                        recorded.push(d);
+                    }
+                    if !unconfirmed.is_empty() {
+                        self.store.save_deliveries(&cmd.org_id, &event_id, &unconfirmed).await?;
+                    }
                     let before = actions.len();
-                    actions.retain(|a| !sent.contains(&a.key()));
+                    actions.retain(|a| !settled.contains(&a.key()));
                     tracing::info!(
-                        already_sent = before - actions.len(),
+                        settled = before - actions.len(),
+                        unconfirmed = unconfirmed.len(),
                         to_send = actions.len(),
                         "resuming"
-                    );
-                    recorded.extend(
-                        ledger
-                            .into_iter()
-                            .filter(|d| d.status == DeliveryStatus::Sent),
                     );
                 }
                 None => self.store.create_event(&event).await?,
@@ -712,41 +742,69 @@ where
         let deadline = cmd
             .deadline
             .map(|d| d.checked_sub(self.policy.deadline_margin).unwrap_or(d));
-        let mut results = stream::iter(actions.into_iter().enumerate())
-            .map(|(i, a)| async move {
-                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    return (i, None);
-                }
-                (i, Some(self.perform(a).await))
-            })
-            .buffer_unordered(self.concurrency.max(1));
+        let mut waiting = actions.into_iter().enumerate();
+        // Actions whose intent (SENDING) is recorded, in order, not started yet.
+        let mut ready: std::collections::VecDeque<(usize, Action)> =
+            std::collections::VecDeque::new();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut unrecorded: Vec<(usize, Delivery)> = Vec::new();
         let mut fresh: Vec<(usize, Delivery)> = Vec::new();
-        let mut not_started = 0usize;
+        let mut not_started: Vec<Delivery> = Vec::new();
         let mut tick = tokio::time::interval(LEDGER_FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                next = results.next() => match next {
-                    Some((i, Some(d))) => {
-                        unrecorded.push((i, d));
-                        if unrecorded.len() >= LEDGER_BATCH {
-                            self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?;
-                        }
+            while in_flight.len() < self.concurrency.max(1) && not_started.is_empty() {
+                if ready.is_empty() {
+                    // Record the next batch's intents before any of it is sent.
+                    ready.extend(waiting.by_ref().take(LEDGER_BATCH));
+                    if ready.is_empty() {
+                        break;
                     }
-                    Some((_, None)) => not_started += 1,
-                    None => break,
-                },
+                    let marks: Vec<Delivery> = ready.iter().map(|(_, a)| a.intent()).collect();
+                    self.store.save_deliveries(org, &event_id, &marks).await?;
+                }
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    let reason = "not started before the Lambda's deadline; a retry with the same idempotency key sends it";
+                    not_started.extend(ready.drain(..).chain(waiting.by_ref()).map(|(_, a)| {
+                        let mut d = a.intent();
+                        d.status = DeliveryStatus::Skipped;
+                        d.reason = Some(reason.into());
+                        d
+                    }));
+                    break;
+                }
+                if let Some((i, a)) = ready.pop_front() {
+                    in_flight.push(async move { (i, self.perform(a).await) });
+                }
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((i, d)) = in_flight.next() => {
+                    unrecorded.push((i, d));
+                    if unrecorded.len() >= LEDGER_BATCH {
+                        self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?;
+                    }
+                }
                 _ = tick.tick(), if !unrecorded.is_empty() => self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?,
             }
+        }
+        if !not_started.is_empty() {
+            // Their intents are on record; say they were not sent, so a resume sends them.
+            self.store
+                .save_deliveries(org, &event_id, &not_started)
+                .await?;
         }
         self.flush(org, &event_id, &mut unrecorded, &mut fresh)
             .await?;
         fresh.sort_by_key(|(i, _)| *i);
         recorded.extend(fresh.into_iter().map(|(_, d)| d));
 
+        let not_started_count = not_started.len();
+        recorded.extend(not_started);
         let (summary, status, used) = summarise(&recorded);
-        let status = if not_started > 0 {
+        let status = if not_started_count > 0 {
             EventStatus::Pending
         } else {
             status
@@ -754,8 +812,8 @@ where
         let mut info = Map::new();
         info.insert("deliverySummary".into(), Value::Object(summary));
         info.insert("deliveryCount".into(), json!(recorded.len()));
-        if not_started > 0 {
-            info.insert("deliveriesNotStarted".into(), json!(not_started));
+        if not_started_count > 0 {
+            info.insert("deliveriesNotStarted".into(), json!(not_started_count));
         }
         if recorded.len() <= MAX_INLINE_DELIVERIES {
             info.insert(
@@ -768,7 +826,7 @@ where
         event.event_status = Some(status.clone());
         event.last_update_time = Some(now_millis());
         self.store.finish_event(&event).await?;
-        tracing::info!(status = %status, not_started, "event finished");
+        tracing::info!(status = %status, not_started = not_started_count, "event finished");
         Ok(event)
     }
 

@@ -684,3 +684,39 @@ async fn after_its_window_a_key_starts_a_new_request() {
     assert_ne!(first.event_id, second.event_id);
     assert_eq!(provider.emails().len(), 2);
 }
+
+#[tokio::test]
+async fn sends_whose_outcome_was_never_recorded_are_unconfirmed_not_sent_twice() {
+    let (n, store, provider) = notifier(store());
+    // Writes: c's skip, then a's and b's intents (SENDING), then their outcomes: that one fails.
+    store.fail_after(StoreOp::SaveDeliveries, 2);
+    assert_eq!(
+        n.notify(keyed(None, "k1")).await.unwrap_err().kind(),
+        ErrorKind::Internal
+    );
+    assert_eq!(
+        provider.emails().len(),
+        2,
+        "both were accepted before the failure"
+    );
+    store.heal(StoreOp::SaveDeliveries);
+
+    let event = n.notify(keyed(None, "k1")).await.unwrap();
+    assert_eq!(provider.emails().len(), 2, "nobody is emailed twice");
+    assert_eq!(
+        event.event_status,
+        Some(EventStatus::Failed),
+        "not known to be accepted: not DONE"
+    );
+    assert_eq!(
+        event.info.as_ref().unwrap()["deliverySummary"]["EMAIL"],
+        serde_json::json!({"sent": 0, "skipped": 1, "failed": 0, "unconfirmed": 2})
+    );
+    let ledger = store.deliveries(event.event_id.as_deref().unwrap());
+    let a = ledger
+        .iter()
+        .find(|d| d.contact_id.as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(a.status, DeliveryStatus::Unconfirmed);
+    assert!(a.reason.as_deref().unwrap().contains("at most once"));
+}

@@ -16,6 +16,12 @@ pub enum DeliveryStatus {
     Skipped,
     /// Attempted and refused or not answered; `reason` holds the provider's code.
     Failed,
+    /// Written just before the send: a record still in this state after its
+    /// run means the run stopped between sending and recording.
+    Sending,
+    /// Found `SENDING` by a resumed run: the provider may or may not have
+    /// accepted it, and it is not sent again (at most once per recipient).
+    Unconfirmed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
