@@ -522,6 +522,10 @@ where
         };
         let (event_id, resume) = match self.store.claim(org, &key, &claim, now_ms / 1000).await? {
             Claim::Claimed => (claim.event_id.clone(), false),
+            // A retried claim whose first attempt did land (it timed out on the way back): ours.
+            Claim::Existing(held) if held.event_id == claim.event_id => {
+                (claim.event_id.clone(), false)
+            }
             Claim::Existing(held) if held.request_hash != claim.request_hash => {
                 return Err(NotifyError::KeyReused(key));
             }
@@ -705,7 +709,12 @@ where
                         "resuming"
                     );
                 }
-                None => self.store.create_event(&event).await?,
+                None => match self.store.create_event(&event).await {
+                    // The event ID is new to this run: a conflict is our own earlier
+                    // attempt that landed after timing out.
+                    Err(StoreError::Conflict { .. }) => {}
+                    other => other?,
+                },
             }
             self.deliver_and_record(cmd, event, actions, decided, recorded)
                 .await

@@ -3,6 +3,8 @@
 //! and the handler driven with the sample events of `events/`.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,278 @@
+//! Faults injected on the wire (tests/common/fault_proxy.rs) at each step of
+//! the flow and for each service: after every one, the stored event tells the
+//! truth about every recipient, and nobody got a message twice.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+use common::fault_proxy::{Fault, FaultProxy};
+use common::{HttpAnswer, TestEnv};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+
+/// The function wired through the proxy, with production-like retries
+/// (3 attempts, standard backoff) and a short attempt timeout.
+async fn through_proxy(env: &TestEnv, proxy: &FaultProxy) -> notify_offer_contacts::App {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(&proxy.endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(50)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(1))
+                .build(),
+        )
+        .load()
+        .await;
+    let mut config = env.config.clone();
+    config.email_per_second = None;
+    config.sms_per_second = None;
+    notify_offer_contacts::app(&sdk, &config)
+}
+
+async fn notify(app: &notify_offer_contacts::App) -> HttpAnswer {
+    let mut ctx = Context::default();
+    ctx.request_id = "fault-test".into();
+    let event = common::read_json("events/http-api-notify-all-idempotent.json");
+    HttpAnswer::from(
+        notify_offer_contacts::event::handle(app, None, LambdaEvent::new(event, ctx))
+            .await
+            .unwrap(),
+    )
+}
+
+/// What moto says went out: each recipient at most once.
+fn sent_once_each(env: &TestEnv) -> (usize, usize, usize) {
+    let emails: Vec<String> = env.moto.emails().into_iter().map(|e| e.0).collect();
+    let sms: Vec<String> = env.moto.sms().into_iter().map(|s| s.0).collect();
+    for list in [&emails, &sms] {
+        let mut unique = list.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            list.len(),
+            "someone got a message twice: {list:?}"
+        );
+    }
+    (emails.len(), sms.len(), env.moto.topic_messages().len())
+}
+
+/// The stored event and ledger agree with what moto recorded.
+async fn stored_truth(env: &TestEnv, answer: &HttpAnswer) {
+    let id = answer.body["eventID"].as_str().unwrap();
+    let stored = &env.items("org-demo", &format!("EVENT#{id}")).await[0];
+    assert_eq!(stored["eventStatus"], answer.body["eventStatus"]);
+    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    let sent = |channel: &str| {
+        ledger
+            .iter()
+            .filter(|d| d["channel"] == channel && d["status"] == "SENT")
+            .count()
+    };
+    let (emails, sms, topic) = sent_once_each(env);
+    assert_eq!(
+        (sent("EMAIL"), sent("SMS"), sent("SNS")),
+        (emails, sms, topic),
+        "the ledger says what moto saw"
+    );
+    assert!(
+        ledger.iter().all(|d| d["status"] != "SENDING"),
+        "no delivery left in flight: {ledger:?}"
+    );
+}
+
+/// One transient fault at one step: absorbed by a retry, everything sent once.
+async fn absorbed(op: &str, fault: Fault, skip: usize) {
+    let env = TestEnv::new().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    proxy.inject(op, fault, skip, 1);
+    let app = through_proxy(&env, &proxy).await;
+    let answer = notify(&app).await;
+    assert_eq!(proxy.injected(op), 1, "{op} {fault:?} was injected");
+    assert_eq!(answer.status, 200, "{op} {fault:?}: {}", answer.body);
+    assert_eq!(
+        answer.body["eventStatus"], "DONE",
+        "{op} {fault:?}: {}",
+        answer.body
+    );
+    assert_eq!(sent_once_each(&env), (2, 2, 1), "{op} {fault:?}");
+    stored_truth(&env, &answer).await;
+    assert_eq!(
+        env.items("org-demo", "IDEMPOTENCY#").await[0]["status"],
+        "COMPLETED",
+        "{op} {fault:?}"
+    );
+}
+
+#[tokio::test]
+async fn reading_the_offer_throttled_once() {
+    absorbed("DynamoDB.GetItem", Fault::Throttle, 0).await;
+}
+#[tokio::test]
+async fn reading_the_settings_fails_once_with_a_500() {
+    absorbed("DynamoDB.GetItem", Fault::ServerError, 1).await;
+}
+#[tokio::test]
+async fn reading_the_contacts_comes_back_unprocessed() {
+    absorbed("DynamoDB.BatchGetItem", Fault::Unprocessed, 0).await;
+}
+#[tokio::test]
+async fn reading_the_contacts_loses_its_connection() {
+    absorbed("DynamoDB.BatchGetItem", Fault::Drop, 0).await;
+}
+#[tokio::test]
+async fn claiming_the_key_answers_too_late() {
+    absorbed(
+        "DynamoDB.PutItem",
+        Fault::Slow(Duration::from_millis(1500)),
+        0,
+    )
+    .await;
+}
+#[tokio::test]
+async fn storing_the_new_event_fails_once_with_a_500() {
+    absorbed("DynamoDB.PutItem", Fault::ServerError, 1).await;
+}
+#[tokio::test]
+async fn recording_intents_is_throttled_once() {
+    absorbed("DynamoDB.BatchWriteItem", Fault::Throttle, 1).await;
+}
+#[tokio::test]
+async fn recording_outcomes_comes_back_unprocessed() {
+    absorbed("DynamoDB.BatchWriteItem", Fault::Unprocessed, 2).await;
+}
+#[tokio::test]
+async fn storing_the_final_event_answers_slowly() {
+    absorbed(
+        "DynamoDB.PutItem",
+        Fault::Slow(Duration::from_millis(1500)),
+        2,
+    )
+    .await;
+}
+#[tokio::test]
+async fn closing_the_key_fails_once_with_a_500() {
+    absorbed("DynamoDB.UpdateItem", Fault::ServerError, 0).await;
+}
+#[tokio::test]
+async fn ses_throttles_one_email() {
+    absorbed("SES.SendEmail", Fault::Throttle, 0).await;
+}
+#[tokio::test]
+async fn ses_fails_one_email_with_a_500() {
+    absorbed("SES.SendEmail", Fault::ServerError, 1).await;
+}
+#[tokio::test]
+async fn ses_connection_dropped_before_an_email() {
+    absorbed("SES.SendEmail", Fault::Drop, 0).await;
+}
+#[tokio::test]
+async fn sns_throttles_one_sms() {
+    absorbed("SNS.PublishSms", Fault::Throttle, 0).await;
+}
+#[tokio::test]
+async fn sns_answers_one_sms_slowly_within_the_timeout() {
+    absorbed("SNS.PublishSms", Fault::Slow(Duration::from_millis(500)), 0).await;
+}
+#[tokio::test]
+async fn sns_fails_the_topic_publish_once_with_a_500() {
+    absorbed("SNS.PublishTopic", Fault::ServerError, 0).await;
+}
+
+#[tokio::test]
+async fn ses_throttling_every_email_fails_those_deliveries_only() {
+    let env = TestEnv::new().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    proxy.inject("SES.SendEmail", Fault::Throttle, 0, usize::MAX);
+    let answer = notify(&through_proxy(&env, &proxy).await).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["eventStatus"], "FAILED");
+    assert_eq!(proxy.calls("SES.SendEmail"), 6, "2 emails x 3 attempts");
+    assert_eq!(
+        answer.body["info"]["deliverySummary"]["EMAIL"],
+        json!({"sent": 0, "skipped": 1, "failed": 2})
+    );
+    let failed: Vec<&Value> = answer.body["info"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "FAILED")
+        .collect();
+    assert!(
+        failed.iter().all(|d| d["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("TooManyRequestsException")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        sent_once_each(&env),
+        (0, 2, 1),
+        "SMS and topic still went out"
+    );
+    stored_truth(&env, &answer).await;
+}
+
+#[tokio::test]
+async fn a_storage_outage_before_sending_sends_nothing() {
+    let env = TestEnv::new().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    proxy.inject("DynamoDB.GetItem", Fault::ServerError, 0, usize::MAX);
+    let answer = notify(&through_proxy(&env, &proxy).await).await;
+    assert_eq!(answer.status, 500);
+    assert_eq!(
+        answer.message(),
+        "internal error; quote request id fault-test when reporting it"
+    );
+    assert_eq!(sent_once_each(&env), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn an_outage_after_sending_then_a_retry_never_sends_twice() {
+    let env = TestEnv::new().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    // Skipped deliveries and intents are recorded; every outcome write then fails.
+    proxy.inject("DynamoDB.BatchWriteItem", Fault::ServerError, 2, usize::MAX);
+    let app = through_proxy(&env, &proxy).await;
+    let first = notify(&app).await;
+    assert_eq!(first.status, 500);
+    assert_eq!(
+        sent_once_each(&env),
+        (2, 2, 1),
+        "everything was accepted before the outage"
+    );
+
+    proxy.clear();
+    let retry = notify(&app).await;
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    assert_eq!(
+        sent_once_each(&env),
+        (2, 2, 1),
+        "the retry sent nothing again"
+    );
+    assert_eq!(
+        retry.body["eventStatus"], "FAILED",
+        "outcomes unknown: the event does not claim DONE"
+    );
+    let summary = &retry.body["info"]["deliverySummary"];
+    assert_eq!(summary["EMAIL"]["unconfirmed"], 2);
+    assert_eq!(summary["SMS"]["unconfirmed"], 2);
+    let id = retry.body["eventID"].as_str().unwrap();
+    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    assert!(
+        ledger
+            .iter()
+            .all(|d| d["status"] == "UNCONFIRMED" || d["status"] == "SKIPPED"),
+        "{ledger:?}"
+    );
+}
