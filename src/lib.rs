@@ -25,14 +25,14 @@ pub type App = Notifier<DynamoStore, SesMailer, SnsPublisher, SnsPublisher>;
 
 /// Builds the clients once and wires them to the use case.
 pub fn app(sdk: &SdkConfig, config: &Config) -> App {
-    let sns = SnsPublisher::new(aws_sdk_sns::Client::new(sdk));
+    let sns = SnsPublisher::new(aws::sns_client(sdk));
     Notifier {
         store: DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             config.table_name.clone(),
         ),
         mailer: SesMailer::new(
-            aws_sdk_sesv2::Client::new(sdk),
+            aws::ses_client(sdk),
             config.sender_email.clone(),
             config.ses_configuration_set.clone(),
         ),

@@ -442,6 +442,16 @@ where
         };
         let (status, message_id, reason) = match result {
             Ok(id) => (DeliveryStatus::Sent, Some(id), None),
+            Err(e) if e.outcome_unknown => {
+                tracing::warn!(channel = %channel, contact_id = contact_id.as_deref().unwrap_or("-"), code = %e.code, "delivery outcome unknown; not retried");
+                (
+                    DeliveryStatus::Unconfirmed,
+                    None,
+                    Some(format!(
+                        "{e}; the provider may have accepted it, so it is not sent again"
+                    )),
+                )
+            }
             Err(e) => {
                 // The provider's message may name the recipient: log the code only.
                 tracing::warn!(channel = %channel, contact_id = contact_id.as_deref().unwrap_or("-"), code = %e.code, permanent = e.permanent, "delivery failed");

@@ -47,6 +47,9 @@ pub struct SendError {
     pub message: String,
     /// True when sending again later cannot help (bad address, rejected content).
     pub permanent: bool,
+    /// True when the provider may have accepted the message all the same (a
+    /// timeout, a connection lost mid-request): it must not be sent again.
+    pub outcome_unknown: bool,
 }
 
 pub trait OfferStore: Send + Sync {

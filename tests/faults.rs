@@ -172,9 +172,61 @@ async fn ses_throttles_one_email() {
 async fn ses_fails_one_email_with_a_500() {
     absorbed("SES.SendEmail", Fault::ServerError, 1).await;
 }
+/// A send whose outcome is unknown: recorded UNCONFIRMED, never sent again
+/// (not by the SDK's retries, not by a retry of the request).
+async fn unconfirmed_once(op: &str, fault: Fault, expect_delivered: (usize, usize, usize)) {
+    let env = TestEnv::new().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    proxy.inject(op, fault, 0, 1);
+    let app = through_proxy(&env, &proxy).await;
+    let answer = notify(&app).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        proxy.calls(op),
+        2,
+        "two recipients, one call each: no retry of the unknown one"
+    );
+    assert_eq!(answer.body["eventStatus"], "FAILED");
+    let unknown: Vec<&Value> = answer.body["info"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "UNCONFIRMED")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{}", answer.body);
+    assert!(
+        unknown[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not sent again")
+    );
+    // The provider finishes late (a slow answer) or never saw it (a drop).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(sent_once_each(&env), expect_delivered);
+    // A retry of the request sends nothing more.
+    let again = notify(&app).await;
+    assert_eq!(again.body["eventID"], answer.body["eventID"]);
+    assert_eq!(sent_once_each(&env), expect_delivered);
+}
+
 #[tokio::test]
-async fn ses_connection_dropped_before_an_email() {
-    absorbed("SES.SendEmail", Fault::Drop, 0).await;
+async fn ses_dropping_the_connection_is_unconfirmed_not_retried() {
+    unconfirmed_once("SES.SendEmail", Fault::Drop, (1, 2, 1)).await;
+}
+
+#[tokio::test]
+async fn ses_answering_after_the_timeout_is_unconfirmed_and_delivered_once() {
+    unconfirmed_once(
+        "SES.SendEmail",
+        Fault::Slow(Duration::from_millis(1500)),
+        (2, 2, 1),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sns_dropping_an_sms_connection_is_unconfirmed_not_retried() {
+    unconfirmed_once("SNS.PublishSms", Fault::Drop, (2, 1, 1)).await;
 }
 #[tokio::test]
 async fn sns_throttles_one_sms() {

@@ -332,6 +332,7 @@ async fn a_refused_recipient_does_not_stop_the_others_and_the_event_says_failed(
             code: "MessageRejected".into(),
             message: "Email address is not verified.".into(),
             permanent: true,
+            outcome_unknown: false,
         },
     );
     let event = n.notify(cmd(None)).await.unwrap();

@@ -8,7 +8,9 @@ pub mod sns;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
-use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::result::{ConnectorError, SdkError};
+use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::ports::SendError;
@@ -31,6 +33,63 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
+/// For SES and SNS sends: never retry when the provider may have accepted the
+/// message (a timeout, or the connection failing while the request was out).
+/// Neither takes an idempotency token, so such a retry could deliver twice;
+/// the delivery is recorded UNCONFIRMED instead. Throttling and 5xx answers,
+/// where the provider says it did not take the message, are still retried.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRetryWhenOutcomeUnknown;
+
+impl ClassifyRetry for NoRetryWhenOutcomeUnknown {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.output_or_error() {
+            Some(Err(e))
+                if outcome_unknown(
+                    e.is_timeout_error(),
+                    e.is_response_error(),
+                    e.as_connector_error(),
+                ) =>
+            {
+                RetryAction::RetryForbidden
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "NoRetryWhenOutcomeUnknown"
+    }
+}
+
+fn outcome_unknown(
+    timeout: bool,
+    response_error: bool,
+    connector: Option<&ConnectorError>,
+) -> bool {
+    timeout
+        || response_error
+        || connector.is_some_and(|c| c.is_timeout() || c.is_io() || c.is_other())
+}
+
+/// The SES v2 client for sends.
+pub fn ses_client(sdk: &SdkConfig) -> aws_sdk_sesv2::Client {
+    aws_sdk_sesv2::Client::from_conf(
+        aws_sdk_sesv2::config::Builder::from(sdk)
+            .retry_classifier(NoRetryWhenOutcomeUnknown)
+            .build(),
+    )
+}
+
+/// The SNS client for sends.
+pub fn sns_client(sdk: &SdkConfig) -> aws_sdk_sns::Client {
+    aws_sdk_sns::Client::from_conf(
+        aws_sdk_sns::config::Builder::from(sdk)
+            .retry_classifier(NoRetryWhenOutcomeUnknown)
+            .build(),
+    )
+}
+
 /// Turns an SDK error into a per-message refusal, keeping the provider's code.
 /// `permanent` lists the codes for which sending again cannot help.
 pub(crate) fn send_error<E, R>(err: &SdkError<E, R>, permanent: &[&str]) -> SendError
@@ -44,20 +103,32 @@ where
                 permanent: permanent.contains(&code.as_str()),
                 message: err.message().unwrap_or_default().to_owned(),
                 code,
+                outcome_unknown: false,
             }
         }
-        SdkError::TimeoutError(_) => transient("Timeout", "the provider did not answer in time"),
-        SdkError::DispatchFailure(_) => {
-            transient("DispatchFailure", "the request could not be sent")
+        SdkError::TimeoutError(_) => unknown("Timeout", "the provider did not answer in time"),
+        SdkError::DispatchFailure(_) => unknown(
+            "DispatchFailure",
+            "the connection failed while the request was being sent",
+        ),
+        SdkError::ResponseError(_) => {
+            unknown("ResponseError", "the provider's answer could not be read")
         }
-        _ => transient("ResponseError", "the provider's answer could not be read"),
+        _ => SendError {
+            code: "InvalidRequest".into(),
+            message: "the request could not be built".into(),
+            permanent: true,
+            outcome_unknown: false,
+        },
     }
 }
 
-fn transient(code: &str, message: &str) -> SendError {
+/// The provider may or may not have accepted the message.
+fn unknown(code: &str, message: &str) -> SendError {
     SendError {
         code: code.into(),
         message: message.into(),
         permanent: false,
+        outcome_unknown: true,
     }
 }

@@ -46,6 +46,7 @@ fn build_error(e: aws_sdk_sesv2::error::BuildError) -> SendError {
         code: "InvalidRequest".into(),
         message: e.to_string(),
         permanent: true,
+        outcome_unknown: false,
     }
 }
 

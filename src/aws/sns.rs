@@ -40,6 +40,7 @@ fn string_attribute(value: &str) -> Result<MessageAttributeValue, SendError> {
             code: "InvalidRequest".into(),
             message: e.to_string(),
             permanent: true,
+            outcome_unknown: false,
         })
 }
 

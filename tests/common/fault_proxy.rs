@@ -156,7 +156,10 @@ fn respond(status: u16, headers: &[(&str, &str)], body: String) -> Response<Full
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in headers {
-        r.headers_mut().insert(hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        r.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     r
 }
@@ -235,39 +238,47 @@ async fn handle(
         st.calls.push((op.clone(), chosen.is_some()));
         chosen
     };
-    match fault {
+    let delay = match fault {
         Some(Fault::Drop) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "dropped by the fault proxy",
             ));
         }
-        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Slow(d)) => Some(d),
         Some(f) => return Ok(injected(&op, f, &body)),
-        None => {}
-    }
-    let uri = format!(
-        "{upstream}{}",
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let mut forward = Request::builder().method(parts.method.clone()).uri(uri);
-    for (k, v) in parts.headers.iter() {
-        forward = forward.header(k, v);
-    }
-    let forward = forward.body(Full::new(body)).expect("request");
-    let answer = client
-        .request(forward)
-        .await
-        .map_err(std::io::Error::other)?;
-    let (parts, body) = answer.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok(Response::from_parts(parts, Full::new(body)))
+        None => None,
+    };
+    // Detached, like a real server: a slow request is acted on even after the
+    // client has given up waiting and hung up.
+    let work = tokio::spawn(async move {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let uri = format!(
+            "{upstream}{}",
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let mut forward = Request::builder().method(parts.method.clone()).uri(uri);
+        for (k, v) in parts.headers.iter() {
+            forward = forward.header(k, v);
+        }
+        let forward = forward.body(Full::new(body)).expect("request");
+        let answer = client
+            .request(forward)
+            .await
+            .map_err(std::io::Error::other)?;
+        let (parts, body) = answer.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok(Response::from_parts(parts, Full::new(body)))
+    });
+    work.await.map_err(std::io::Error::other)?
 }
