@@ -82,21 +82,37 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
             .map(|r| Incoming::Http(Box::new(r)))
             .map_err(|_| DirectError::BadRequest("the event looks like an HTTP event but is not one API Gateway, ALB or a Function URL sends".into()));
     }
+    // EventBridge: the detail is the direct invocation. Without a key of its
+    // own, the EventBridge event's id is one, so a redelivery notifies no one twice.
+    if map.get("detail-type").and_then(Value::as_str) == Some(EVENTBRIDGE_DETAIL_TYPE) {
+        let event_id = map.get("id").and_then(Value::as_str).map(str::to_owned);
+        let detail = map.get("detail").cloned().unwrap_or(Value::Null);
+        let mut invocation = parse_direct(detail)?;
+        if invocation.idempotency_key.is_none() {
+            invocation.idempotency_key = event_id;
+        }
+        return Ok(Incoming::Direct(invocation));
+    }
     if map.contains_key("orgId") || map.contains_key("offerId") {
-        return serde_json::from_value::<DirectInvocation>(payload)
-            .map(Incoming::Direct)
-            // serde's own text can quote the offending value (an address,
-            // say), and errors are logged: describe the expected shape instead.
-            .map_err(|_| {
-                DirectError::BadRequest(
-                    "the direct invocation must be {\"orgId\": string, \"offerId\": string, \"contactIds\": [string] or null, \"idempotencyKey\": string, \"createdBy\": object}".into(),
-                )
-            });
+        return parse_direct(payload).map(Incoming::Direct);
     }
     Err(DirectError::BadRequest(
-        "unsupported event: expected an HTTP event or {\"orgId\", \"offerId\", \"contactIds\"}"
-            .into(),
+        "unsupported event: expected an HTTP event, {\"orgId\", \"offerId\", \"contactIds\"}, or an EventBridge event of detail-type \"Notify Offer Contacts\"".into(),
     ))
+}
+
+/// The detail-type of EventBridge events that trigger a notification.
+pub const EVENTBRIDGE_DETAIL_TYPE: &str = "Notify Offer Contacts";
+
+fn parse_direct(payload: Value) -> Result<DirectInvocation, DirectError> {
+    serde_json::from_value::<DirectInvocation>(payload)
+        // serde's own text can quote the offending value (an address, say),
+        // and errors are logged: describe the expected shape instead.
+        .map_err(|_| {
+            DirectError::BadRequest(
+                "the direct invocation must be {\"orgId\": string, \"offerId\": string, \"contactIds\": [string] or null, \"idempotencyKey\": string, \"createdBy\": object}".into(),
+            )
+        })
 }
 
 /// The function's entry point for every event. With `metrics`, each

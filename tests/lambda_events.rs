@@ -349,3 +349,30 @@ async fn a_body_that_is_not_utf8_is_a_400() {
     assert_eq!(answer.message(), "the body is not valid UTF-8 text");
     assert!(env.moto.emails().is_empty());
 }
+
+#[tokio::test]
+async fn an_eventbridge_event_notifies_once_even_when_redelivered() {
+    let env = TestEnv::new().await;
+    let first = env
+        .invoke_file("eventbridge-notify-listed.json")
+        .await
+        .unwrap();
+    assert_eq!(first["contactIds"], json!(["c-bob"]));
+    assert_eq!(first["createdBy"]["name"], "renewals");
+    // EventBridge delivers at least once: the same event again sends nothing.
+    let again = env
+        .invoke_file("eventbridge-notify-listed.json")
+        .await
+        .unwrap();
+    assert_eq!(again["eventID"], first["eventID"]);
+    assert_eq!(env.moto.emails().len(), 1);
+    let record = &env.items("org-demo", "IDEMPOTENCY#").await[0];
+    assert_eq!(
+        record["sk"],
+        "IDEMPOTENCY#6a7e8feb-b491-4cf7-a9f1-bf3703467718"
+    );
+    // A detail that is not a notification request is refused as a bad request.
+    let mut bad = common::read_json("events/eventbridge-notify-listed.json");
+    bad["detail"] = json!({"orgId": "org-demo"});
+    assert_eq!(env.invoke(bad).await.unwrap_err().error_type, "BadRequest");
+}
