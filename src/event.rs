@@ -9,12 +9,13 @@ use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Request, Service, service_fn};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::http::Outcome;
 use crate::metrics::MetricsConfig;
 use crate::model::{ContactIdList, CreatedBy, IdempotencyKey, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
+use crate::tracking::{OpenTracker, Recorded};
 
 /// The direct invocation of CONTRACT.md -> Inputs.
 #[derive(Debug, Deserialize)]
@@ -65,6 +66,8 @@ impl From<DirectError> for Diagnostic {
 pub enum Incoming {
     Http(Box<LambdaRequest>),
     Direct(DirectInvocation),
+    /// SNS records (SES events from the configuration set): (MessageId, Message).
+    Sns(Vec<(String, String)>),
 }
 
 /// Tells the event kinds apart by their shape.
@@ -81,6 +84,21 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
         return serde_json::from_value::<LambdaRequest>(payload)
             .map(|r| Incoming::Http(Box::new(r)))
             .map_err(|_| DirectError::BadRequest("the event looks like an HTTP event but is not one API Gateway, ALB or a Function URL sends".into()));
+    }
+    if let Some(records) = map.get("Records").and_then(Value::as_array) {
+        let sns = records
+            .iter()
+            .all(|r| r.get("EventSource").and_then(Value::as_str) == Some("aws:sns"));
+        if sns && !records.is_empty() {
+            let messages = records
+                .iter()
+                .map(|r| {
+                    let field = |k: &str| r["Sns"][k].as_str().unwrap_or_default().to_owned();
+                    (field("MessageId"), field("Message"))
+                })
+                .collect();
+            return Ok(Incoming::Sns(messages));
+        }
     }
     // EventBridge: the detail is the direct invocation. Without a key of its
     // own, the EventBridge event's id is one, so a redelivery notifies no one twice.
@@ -117,7 +135,7 @@ fn parse_direct(payload: Value) -> Result<DirectInvocation, DirectError> {
 
 /// The function's entry point for every event. With `metrics`, each
 /// invocation also prints its CloudWatch EMF documents.
-pub async fn handle<U: NotifyContacts>(
+pub async fn handle<U: NotifyContacts + OpenTracker>(
     use_case: &U,
     metrics: Option<&MetricsConfig>,
     event: LambdaEvent<Value>,
@@ -137,7 +155,7 @@ pub async fn handle<U: NotifyContacts>(
     answer
 }
 
-async fn dispatch<U: NotifyContacts>(
+async fn dispatch<U: NotifyContacts + OpenTracker>(
     use_case: &U,
     payload: Value,
     context: lambda_runtime::Context,
@@ -179,6 +197,20 @@ async fn dispatch<U: NotifyContacts>(
                 Err(_) => refused(DirectError::Internal { request_id }),
             }
         }
+        Incoming::Sns(messages) => match track_opens(use_case, &messages).await {
+            Ok(counts) => (
+                Ok(counts),
+                Outcome {
+                    label: "tracked",
+                    event: None,
+                },
+            ),
+            Err(e) => {
+                // A storage failure: fail the invocation so that SNS delivers again.
+                tracing::error!(error = %crate::error_chain(&e), "recording opens failed");
+                refused(DirectError::Internal { request_id })
+            }
+        },
         Incoming::Direct(invocation) => {
             let cmd = match direct_command(invocation, deadline(&context)) {
                 Ok(c) => c,
@@ -199,6 +231,34 @@ async fn dispatch<U: NotifyContacts>(
             }
         }
     }
+}
+
+/// Applies the opens among SES events; everything else is counted and dropped.
+async fn track_opens<U: OpenTracker>(
+    tracker: &U,
+    messages: &[(String, String)],
+) -> Result<Value, crate::ports::StoreError> {
+    let (mut recorded, mut duplicates, mut ignored, mut dropped) = (0, 0, 0, 0);
+    for (message_id, message) in messages {
+        match crate::tracking::parse_open(message_id, message) {
+            Ok(None) => ignored += 1,
+            Err(why) => {
+                tracing::warn!(reason = why, sns_message_id = %message_id, "SES event dropped");
+                dropped += 1;
+            }
+            Ok(Some(open)) => match tracker.record_open(&open).await? {
+                Recorded::First | Recorded::Again => recorded += 1,
+                Recorded::Duplicate => duplicates += 1,
+                Recorded::UnknownEvent => {
+                    tracing::warn!(event_id = %open.event_id, sns_message_id = %message_id, "open names an unknown event; dropped");
+                    dropped += 1;
+                }
+            },
+        }
+    }
+    Ok(
+        json!({"opensRecorded": recorded, "duplicates": duplicates, "ignored": ignored, "dropped": dropped}),
+    )
 }
 
 fn direct_label(e: &DirectError) -> &'static str {

@@ -13,6 +13,7 @@ pub mod ports;
 pub mod rate;
 pub mod render;
 pub mod telemetry;
+pub mod tracking;
 
 use aws_config::SdkConfig;
 

@@ -289,6 +289,23 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
+impl crate::tracking::OpenTracker for MemoryStore {
+    async fn record_open(
+        &self,
+        open: &crate::tracking::Open,
+    ) -> Result<crate::tracking::Recorded, StoreError> {
+        self.check(StoreOp::FinishEvent)?;
+        let mut events = lock(&self.events);
+        let Some(event) = events.get_mut(&(open.org.to_string(), open.event_id.clone())) else {
+            return Ok(crate::tracking::Recorded::UnknownEvent);
+        };
+        Ok(
+            crate::tracking::apply_open(event, open)
+                .unwrap_or(crate::tracking::Recorded::Duplicate),
+        )
+    }
+}
+
 /// Records every message; refuses chosen recipients; can wait like a provider.
 #[derive(Default)]
 pub struct MemoryProvider {

@@ -871,6 +871,17 @@ where
 const LEDGER_BATCH: usize = 25;
 const LEDGER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
+impl<S: crate::tracking::OpenTracker, M: Send + Sync, P: Send + Sync, T: Send + Sync>
+    crate::tracking::OpenTracker for Notifier<S, M, P, T>
+{
+    fn record_open(
+        &self,
+        open: &crate::tracking::Open,
+    ) -> impl Future<Output = Result<crate::tracking::Recorded, StoreError>> + Send {
+        self.store.record_open(open)
+    }
+}
+
 /// How the edges should present an error: the caller's fault, a missing
 /// thing, or ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use crate::ports::{
     Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStore, KeyOutcome, OfferStore,
     StoreError,
 };
+use crate::tracking::{Open, OpenTracker, Recorded, apply_open};
 
 /// BatchGetItem takes at most 100 keys, BatchWriteItem 25 items.
 const BATCH_GET_MAX: usize = 100;
@@ -122,6 +123,19 @@ impl DynamoStore {
         event: &NotificationEvent,
         condition: &str,
     ) -> Result<(), StoreError> {
+        self.put_if(op, pk, sk, event, condition, None).await
+    }
+
+    /// A conditional put; `last` is the `lastUpdateTime` the condition may name as `:last`.
+    async fn put_if(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+        event: &NotificationEvent,
+        condition: &str,
+        last: Option<AttributeValue>,
+    ) -> Result<(), StoreError> {
         let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
         item.extend(key(pk, sk));
         let result = self
@@ -130,6 +144,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression(condition)
+            .set_expression_attribute_values(last.map(|l| HashMap::from([(":last".to_owned(), l)])))
             .send()
             .await;
         match result {
@@ -452,15 +467,109 @@ impl EventStore for DynamoStore {
     }
 
     async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
-        let (org, id) = event_key(event)?;
-        self.put(
-            "store final event",
-            org,
-            event_sk(&id),
-            event,
-            "attribute_exists(pk)",
-        )
-        .await
+        const OP: &str = "store final event";
+        let (pk, id) = event_key(event)?;
+        // Usually nobody has opened an email yet: one write, no read.
+        let first = self
+            .put(OP, pk.clone(), event_sk(&id), event, "attribute_exists(pk) AND attribute_not_exists(trackEvents) AND attribute_not_exists(info.opens)")
+            .await;
+        if !matches!(first, Err(StoreError::Conflict { .. })) {
+            return first;
+        }
+        // Opens were recorded while we ran: keep them.
+        for _ in 0..OPTIMISTIC_ATTEMPTS {
+            let Some((current, last)) = self.current_event(&pk, &id).await? else {
+                return Err(StoreError::Conflict { op: OP });
+            };
+            let mut merged = event.clone();
+            merged.track_events = current.track_events;
+            let kept = current.info.unwrap_or_default();
+            let info = merged.info.get_or_insert_with(Default::default);
+            for k in ["opens", "openMessageIds"] {
+                if let Some(v) = kept.get(k) {
+                    info.insert(k.to_owned(), v.clone());
+                }
+            }
+            match self
+                .put_if(
+                    OP,
+                    pk.clone(),
+                    event_sk(&id),
+                    &merged,
+                    "lastUpdateTime = :last",
+                    Some(last),
+                )
+                .await
+            {
+                Err(StoreError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Conflict { op: OP })
+    }
+}
+
+/// Attempts of a read-modify-write before giving up to a concurrent writer.
+const OPTIMISTIC_ATTEMPTS: usize = 5;
+
+impl DynamoStore {
+    /// The stored event and its `lastUpdateTime` as stored (for a conditional write).
+    async fn current_event(
+        &self,
+        pk: &str,
+        event_id: &str,
+    ) -> Result<Option<(NotificationEvent, AttributeValue)>, StoreError> {
+        const OP: &str = "read event";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.to_owned(), event_sk(event_id))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable(OP))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let last = item
+            .get("lastUpdateTime")
+            .cloned()
+            .unwrap_or(AttributeValue::Null(true));
+        Ok(Some((
+            serde_dynamo::from_item(item).map_err(malformed(OP))?,
+            last,
+        )))
+    }
+}
+
+impl OpenTracker for DynamoStore {
+    async fn record_open(&self, open: &Open) -> Result<Recorded, StoreError> {
+        let pk = org_pk(&open.org);
+        for _ in 0..OPTIMISTIC_ATTEMPTS {
+            let Some((mut event, last)) = self.current_event(&pk, &open.event_id).await? else {
+                return Ok(Recorded::UnknownEvent);
+            };
+            let Some(recorded) = apply_open(&mut event, open) else {
+                return Ok(Recorded::Duplicate);
+            };
+            match self
+                .put_if(
+                    "record open",
+                    pk.clone(),
+                    event_sk(&open.event_id),
+                    &event,
+                    "lastUpdateTime = :last",
+                    Some(last),
+                )
+                .await
+            {
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(recorded),
+            }
+        }
+        Err(StoreError::Conflict { op: "record open" })
     }
 }
 
