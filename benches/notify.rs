@@ -45,12 +45,11 @@ fn per_request(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let contact_ids = notify_offer_contacts::http::parse_body(&body).unwrap();
                 let cmd = NotifyCommand {
-                    org_id: OrgId::parse("org1").unwrap(),
-                    offer_id: OfferId::parse("o1").unwrap(),
                     contact_ids,
-                    created_by: None,
-                    idempotency_key: None,
-                    deadline: None,
+                    ..NotifyCommand::new(
+                        OrgId::parse("org1").unwrap(),
+                        OfferId::parse("o1").unwrap(),
+                    )
                 };
                 let event = app.notify(cmd).await.unwrap();
                 serde_json::to_string(&event).unwrap()
@@ -68,14 +67,10 @@ fn fan_out(c: &mut Criterion) {
         let app = notifier(n, Duration::from_millis(20), 16);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.to_async(&rt).iter(|| async {
-                let cmd = NotifyCommand {
-                    org_id: OrgId::parse("org1").unwrap(),
-                    offer_id: OfferId::parse("o1").unwrap(),
-                    contact_ids: None,
-                    created_by: None,
-                    idempotency_key: None,
-                    deadline: None,
-                };
+                let cmd = NotifyCommand::new(
+                    OrgId::parse("org1").unwrap(),
+                    OfferId::parse("o1").unwrap(),
+                );
                 app.notify(cmd).await.unwrap()
             })
         });

@@ -14,14 +14,7 @@ use notify_offer_contacts::rate::{RateLimiter, RateLimits};
 const LATENCY: Duration = Duration::from_millis(20);
 
 fn cmd() -> NotifyCommand {
-    NotifyCommand {
-        org_id: OrgId::parse("org1").unwrap(),
-        offer_id: OfferId::parse("o1").unwrap(),
-        contact_ids: None,
-        created_by: None,
-        idempotency_key: None,
-        deadline: None,
-    }
+    NotifyCommand::new(OrgId::parse("org1").unwrap(), OfferId::parse("o1").unwrap())
 }
 
 fn notifier(

@@ -43,6 +43,20 @@ pub struct NotifyCommand {
     pub deadline: Option<std::time::Instant>,
 }
 
+impl NotifyCommand {
+    /// Every contact of the offer, no key, no deadline, no creator.
+    pub fn new(org_id: OrgId, offer_id: OfferId) -> Self {
+        Self {
+            org_id,
+            offer_id,
+            contact_ids: None,
+            created_by: None,
+            idempotency_key: None,
+            deadline: None,
+        }
+    }
+}
+
 /// How long keys live and hold, and how close to the deadline sends stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {

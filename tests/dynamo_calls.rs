@@ -78,14 +78,10 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
     };
     let started = std::time::Instant::now();
     let event = app
-        .notify(NotifyCommand {
-            org_id: OrgId::parse("org-bulk").unwrap(),
-            offer_id: OfferId::parse("big").unwrap(),
-            contact_ids: None,
-            created_by: None,
-            idempotency_key: None,
-            deadline: None,
-        })
+        .notify(NotifyCommand::new(
+            OrgId::parse("org-bulk").unwrap(),
+            OfferId::parse("big").unwrap(),
+        ))
         .await
         .unwrap();
     assert_eq!(event.info.as_ref().unwrap()["deliveryCount"], 250);

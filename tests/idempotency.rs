@@ -5,7 +5,7 @@ mod common;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::TestEnv;
-use notify_offer_contacts::model::{ContactIdList, OfferId, OrgId};
+use notify_offer_contacts::model::{OfferId, OrgId};
 use notify_offer_contacts::notify::{NotifyCommand, request_hash};
 use serde_json::json;
 
@@ -20,14 +20,10 @@ fn now_ms() -> i64 {
 
 /// The hash the function computes for "every contact of offer-demo".
 fn every_contact_hash() -> String {
-    request_hash(&NotifyCommand {
-        org_id: OrgId::parse("org-demo").unwrap(),
-        offer_id: OfferId::parse("offer-demo").unwrap(),
-        contact_ids: Some(ContactIdList::parse::<&str>(&[]).unwrap()),
-        created_by: None,
-        idempotency_key: None,
-        deadline: None,
-    })
+    request_hash(&NotifyCommand::new(
+        OrgId::parse("org-demo").unwrap(),
+        OfferId::parse("offer-demo").unwrap(),
+    ))
 }
 
 async fn put_record(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use notify_offer_contacts::memory::{MemoryProvider, MemoryStore, StoreOp};
 use notify_offer_contacts::model::*;
 use notify_offer_contacts::notify::{
-    ErrorKind, Notifier, NotifyCommand, NotifyContacts, NotifyError,
+    ErrorKind, Notifier, NotifyCommand, NotifyContacts, NotifyError, Policy,
 };
 use notify_offer_contacts::ports::SendError;
 use notify_offer_contacts::rate::{RateLimiter, RateLimits};
@@ -61,29 +61,42 @@ fn store() -> MemoryStore {
         .with_contact(ORG, contact("c", None, Some("555-0100")))
 }
 
+/// The use case over `store`, with `provider` for every channel.
+fn wired(
+    store: Arc<MemoryStore>,
+    provider: Arc<MemoryProvider>,
+    concurrency: usize,
+    rates: RateLimits,
+    policy: Policy,
+) -> TestNotifier {
+    Notifier {
+        store,
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider,
+        concurrency,
+        rates,
+        policy,
+    }
+}
+
 fn notifier(store: MemoryStore) -> (TestNotifier, Arc<MemoryStore>, Arc<MemoryProvider>) {
     let store = Arc::new(store);
     let provider = Arc::new(MemoryProvider::default());
-    let n = Notifier {
-        store: store.clone(),
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider.clone(),
-        concurrency: 4,
-        rates: RateLimits::default(),
-        policy: Default::default(),
-    };
+    let n = wired(
+        store.clone(),
+        provider.clone(),
+        4,
+        RateLimits::default(),
+        Default::default(),
+    );
     (n, store, provider)
 }
 
 fn cmd(ids: Option<&[&str]>) -> NotifyCommand {
     NotifyCommand {
-        org_id: OrgId::parse(ORG).unwrap(),
-        offer_id: OfferId::parse("o1").unwrap(),
         contact_ids: ids.map(|i| ContactIdList::parse(i).unwrap()),
-        created_by: None,
-        idempotency_key: None,
-        deadline: None,
+        ..NotifyCommand::new(OrgId::parse(ORG).unwrap(), OfferId::parse("o1").unwrap())
     }
 }
 
@@ -433,15 +446,13 @@ async fn deliveries_run_concurrently_within_the_bound() {
     }
     let store = Arc::new(s);
     let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(20)));
-    let n = Notifier {
+    let n = wired(
         store,
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider.clone(),
-        concurrency: 8,
-        rates: RateLimits::default(),
-        policy: Default::default(),
-    };
+        provider.clone(),
+        8,
+        RateLimits::default(),
+        Default::default(),
+    );
     let event = n.notify(cmd(None)).await.unwrap();
     assert_eq!(provider.emails().len(), 40);
     assert_eq!(provider.max_in_flight.load(Ordering::SeqCst), 8);
@@ -496,15 +507,7 @@ async fn each_channel_keeps_to_its_rate() {
         sms: Some(RateLimiter::new(2.0, 1)),
         topic: None,
     };
-    let n = Notifier {
-        store: Arc::new(s),
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider.clone(),
-        concurrency: 16,
-        rates,
-        policy: Default::default(),
-    };
+    let n = wired(Arc::new(s), provider.clone(), 16, rates, Policy::default());
     let start = tokio::time::Instant::now();
     let event = n.notify(cmd(None)).await.unwrap();
     // 9 emails at 4/s take 2 s, 9 SMS at 2/s take 4 s; the channels run side by side.
@@ -559,15 +562,13 @@ async fn the_same_key_for_another_request_is_refused_and_nothing_is_sent() {
 async fn a_repeat_while_the_first_is_running_is_a_conflict() {
     let store = Arc::new(store());
     let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(200)));
-    let n = Notifier {
-        store: store.clone(),
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider.clone(),
-        concurrency: 4,
-        rates: RateLimits::default(),
-        policy: Default::default(),
-    };
+    let n = wired(
+        store.clone(),
+        provider.clone(),
+        4,
+        RateLimits::default(),
+        Default::default(),
+    );
     let (first, second) = tokio::join!(n.notify(keyed(None, "k1")), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         n.notify(keyed(None, "k1")).await
@@ -581,18 +582,16 @@ async fn a_repeat_while_the_first_is_running_is_a_conflict() {
 async fn near_the_deadline_no_send_starts_and_a_retry_sends_only_the_rest() {
     let store = Arc::new(store());
     let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(100)));
-    let n = Notifier {
-        store: store.clone(),
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider.clone(),
-        concurrency: 1,
-        rates: RateLimits::default(),
-        policy: notify_offer_contacts::notify::Policy {
+    let n = wired(
+        store.clone(),
+        provider.clone(),
+        1,
+        RateLimits::default(),
+        Policy {
             deadline_margin: Duration::ZERO,
             ..Default::default()
         },
-    };
+    );
     // a and b by email (100 ms each, one at a time); the deadline falls during the first.
     let first = n
         .notify(NotifyCommand {
