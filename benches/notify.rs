@@ -8,26 +8,16 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lambda_http::Body;
-use notify_offer_contacts::memory::{MemoryProvider, MemoryStore, offer_with_contacts};
+use notify_offer_contacts::memory::{self, MemoryProvider, offer_with_contacts};
 use notify_offer_contacts::model::{NotificationChannel, OfferId, OrgId};
-use notify_offer_contacts::notify::{Notifier, NotifyCommand, NotifyContacts};
-use notify_offer_contacts::rate::RateLimits;
+use notify_offer_contacts::notify::{NotifyCommand, NotifyContacts};
 
-type Bench =
-    Notifier<Arc<MemoryStore>, Arc<MemoryProvider>, Arc<MemoryProvider>, Arc<MemoryProvider>>;
+type Bench = memory::MemoryNotifier;
 
 fn notifier(n: usize, latency: Duration, concurrency: usize) -> Bench {
     let store = Arc::new(offer_with_contacts(n, vec![NotificationChannel::Email]).forgetful());
     let provider = Arc::new(MemoryProvider::with_latency(latency));
-    Notifier {
-        store,
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider,
-        concurrency,
-        rates: RateLimits::default(),
-        policy: Default::default(),
-    }
+    memory::notifier(store, provider, concurrency)
 }
 
 fn body(n: usize) -> Body {

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify_offer_contacts::memory::{MemoryProvider, MemoryStore, offer_with_contacts};
+use notify_offer_contacts::memory::{self, MemoryProvider, MemoryStore, offer_with_contacts};
 use notify_offer_contacts::model::{NotificationChannel, OfferId, OrgId};
-use notify_offer_contacts::notify::{Notifier, NotifyCommand, NotifyContacts};
+use notify_offer_contacts::notify::{NotifyCommand, NotifyContacts};
 use notify_offer_contacts::rate::{RateLimiter, RateLimits};
 
 const LATENCY: Duration = Duration::from_millis(20);
@@ -22,17 +22,14 @@ fn notifier(
     latency: Duration,
     concurrency: usize,
     rates: RateLimits,
-) -> Notifier<Arc<MemoryStore>, Arc<MemoryProvider>, Arc<MemoryProvider>, Arc<MemoryProvider>> {
-    let p = Arc::new(MemoryProvider::with_latency(latency));
-    Notifier {
+) -> memory::MemoryNotifier {
+    let mut n = memory::notifier(
         store,
-        mailer: p.clone(),
-        sms: p.clone(),
-        topics: p,
+        Arc::new(MemoryProvider::with_latency(latency)),
         concurrency,
-        rates,
-        policy: Default::default(),
-    }
+    );
+    n.rates = rates;
+    n
 }
 
 async fn time_once(n: &impl NotifyContacts) -> Duration {

@@ -3,8 +3,8 @@
 //! provider's latency.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::model::{
@@ -374,6 +374,32 @@ impl TopicPublisher for MemoryProvider {
         let id = self.send(&message.topic_arn).await?;
         lock(&self.published).push(message.clone());
         Ok(id)
+    }
+}
+
+/// The use case over in-memory ports.
+pub type MemoryNotifier = crate::notify::Notifier<
+    Arc<MemoryStore>,
+    Arc<MemoryProvider>,
+    Arc<MemoryProvider>,
+    Arc<MemoryProvider>,
+>;
+
+/// Wires the use case to `store`, with `provider` for every channel, no rate
+/// limit and the default policy (set `rates` or `policy` on the result to change them).
+pub fn notifier(
+    store: Arc<MemoryStore>,
+    provider: Arc<MemoryProvider>,
+    concurrency: usize,
+) -> MemoryNotifier {
+    crate::notify::Notifier {
+        store,
+        mailer: provider.clone(),
+        sms: provider.clone(),
+        topics: provider,
+        concurrency,
+        rates: crate::rate::RateLimits::default(),
+        policy: crate::notify::Policy::default(),
     }
 }
 

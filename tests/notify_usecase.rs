@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use notify_offer_contacts::memory::{MemoryProvider, MemoryStore, StoreOp};
+use notify_offer_contacts::memory::{self, MemoryProvider, MemoryStore, StoreOp};
 use notify_offer_contacts::model::*;
 use notify_offer_contacts::notify::{
     ErrorKind, Notifier, NotifyCommand, NotifyContacts, NotifyError, Policy,
@@ -69,15 +69,10 @@ fn wired(
     rates: RateLimits,
     policy: Policy,
 ) -> TestNotifier {
-    Notifier {
-        store,
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider,
-        concurrency,
-        rates,
-        policy,
-    }
+    let mut n = memory::notifier(store, provider, concurrency);
+    n.rates = rates;
+    n.policy = policy;
+    n
 }
 
 fn notifier(store: MemoryStore) -> (TestNotifier, Arc<MemoryStore>, Arc<MemoryProvider>) {
