@@ -25,6 +25,18 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `IDEMPOTENCY_WINDOW_HOURS` (1-168, default 24): how long a key is remembered.
     pub idempotency_window: std::time::Duration,
+    /// `WORK_QUEUE_URL`: the SQS queue large requests are handed to; unset:
+    /// every request is served synchronously.
+    pub work_queue_url: Option<String>,
+    /// The hand-off knobs: `API_TIME_LIMIT_SECONDS` (default 29) times
+    /// `SYNC_BUDGET_SHARE` (0-1, default 0.5) is the synchronous budget;
+    /// `SYNC_MAX_RECIPIENTS` (default 500); `QUEUE_MESSAGE_DELIVERIES` (1-100,
+    /// default 10); `WORK_QUEUE_MAX_RECEIVES` (1-1000, default 5, the queue's
+    /// `maxReceiveCount`).
+    pub hand_off: crate::notify::HandOff,
+    /// `RATE_SPLIT` (1-1000, default 1): how many instances share the rates
+    /// above; each sends at rate / `RATE_SPLIT` (the worker's `MaximumConcurrency`).
+    pub rate_split: u32,
 }
 
 /// A new SES account (sandbox) may send 1 email a second.
@@ -103,7 +115,45 @@ impl Config {
                     why: format!("{v:?} is not a whole number of hours from 1 to 168"),
                 })?,
         };
+        let whole = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64, ConfigError> {
+            match non_empty(name) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        name,
+                        why: format!(
+                            "{v:?} is not a whole number from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    }
+                }),
+            }
+        };
+        let share = match non_empty("SYNC_BUDGET_SHARE") {
+            None => 0.5,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "SYNC_BUDGET_SHARE",
+                    why: format!("{v:?} is not a share from 0 to 1 (e.g. 0.5)"),
+                })?,
+        };
+        let api_limit = whole("API_TIME_LIMIT_SECONDS", 29, 1..=900)?;
+        let defaults_hand_off = crate::notify::HandOff::default();
+        let hand_off = crate::notify::HandOff {
+            sync_budget: std::time::Duration::from_secs_f64(api_limit as f64 * share),
+            max_sync_recipients: whole("SYNC_MAX_RECIPIENTS", 500, 0..=1_000_000)? as usize,
+            deliveries_per_message: whole("QUEUE_MESSAGE_DELIVERIES", 10, 1..=100)? as usize,
+            max_receives: whole("WORK_QUEUE_MAX_RECEIVES", 5, 1..=1000)? as u32,
+            ..defaults_hand_off
+        };
         Ok(Self {
+            work_queue_url: non_empty("WORK_QUEUE_URL"),
+            hand_off,
+            rate_split: whole("RATE_SPLIT", 1, 1..=1000)? as u32,
             idempotency_window,
             metrics,
             email_per_second: rate("EMAIL_PER_SECOND", DEFAULT_EMAIL_PER_SECOND)?,
@@ -149,6 +199,32 @@ mod tests {
         assert_eq!(c.delivery_concurrency, DEFAULT_DELIVERY_CONCURRENCY);
         assert_eq!(c.ses_configuration_set, None);
         assert_eq!(c.email_per_second, Some(DEFAULT_EMAIL_PER_SECOND));
+        assert_eq!(c.work_queue_url, None);
+        assert_eq!(c.hand_off, crate::notify::HandOff::default());
+        assert_eq!(c.rate_split, 1);
+        let tuned = Config::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("SENDER_EMAIL", "a@b.co"),
+            ("WORK_QUEUE_URL", "http://q"),
+            ("SYNC_BUDGET_SHARE", "0.25"),
+            ("API_TIME_LIMIT_SECONDS", "20"),
+            ("QUEUE_MESSAGE_DELIVERIES", "25"),
+        ]))
+        .unwrap();
+        assert_eq!(tuned.hand_off.sync_budget, std::time::Duration::from_secs(5));
+        assert_eq!(tuned.hand_off.deliveries_per_message, 25);
+        let bad = Config::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("SENDER_EMAIL", "a@b.co"),
+            ("SYNC_BUDGET_SHARE", "2"),
+        ]));
+        assert!(matches!(
+            bad,
+            Err(ConfigError::Invalid {
+                name: "SYNC_BUDGET_SHARE",
+                ..
+            })
+        ));
         let unlimited = Config::from_lookup(lookup(&[
             ("TABLE_NAME", "t"),
             ("SENDER_EMAIL", "a@b.co"),

@@ -15,7 +15,9 @@ use crate::http::Outcome;
 use crate::metrics::MetricsConfig;
 use crate::model::{ContactIdList, CreatedBy, IdempotencyKey, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
+use crate::ports::WorkBatch;
 use crate::tracking::{OpenTracker, Recorded};
+use crate::work::Work;
 
 /// The direct invocation of CONTRACT.md -> Inputs.
 #[derive(Debug, Deserialize)]
@@ -68,6 +70,17 @@ pub enum Incoming {
     Direct(DirectInvocation),
     /// SNS records (SES events from the configuration set): (MessageId, Message).
     Sns(Vec<(String, String)>),
+    /// SQS records from the work queue.
+    Sqs(Vec<SqsRecord>),
+}
+
+/// What the worker needs of one SQS record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqsRecord {
+    pub message_id: String,
+    pub body: String,
+    /// `attributes.ApproximateReceiveCount`: 1 on the first receive.
+    pub receive_count: u32,
 }
 
 /// Tells the event kinds apart by their shape.
@@ -89,6 +102,23 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
         let sns = records
             .iter()
             .all(|r| r.get("EventSource").and_then(Value::as_str) == Some("aws:sns"));
+        let sqs = records
+            .iter()
+            .all(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:sqs"));
+        if sqs && !records.is_empty() {
+            let records = records
+                .iter()
+                .map(|r| SqsRecord {
+                    message_id: r["messageId"].as_str().unwrap_or_default().to_owned(),
+                    body: r["body"].as_str().unwrap_or_default().to_owned(),
+                    receive_count: r["attributes"]["ApproximateReceiveCount"]
+                        .as_str()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1),
+                })
+                .collect();
+            return Ok(Incoming::Sqs(records));
+        }
         if sns && !records.is_empty() {
             let messages = records
                 .iter()
@@ -135,7 +165,7 @@ fn parse_direct(payload: Value) -> Result<DirectInvocation, DirectError> {
 
 /// The function's entry point for every event. With `metrics`, each
 /// invocation also prints its CloudWatch EMF documents.
-pub async fn handle<U: NotifyContacts + OpenTracker>(
+pub async fn handle<U: NotifyContacts + OpenTracker + Work>(
     use_case: &U,
     metrics: Option<&MetricsConfig>,
     event: LambdaEvent<Value>,
@@ -155,7 +185,7 @@ pub async fn handle<U: NotifyContacts + OpenTracker>(
     answer
 }
 
-async fn dispatch<U: NotifyContacts + OpenTracker>(
+async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
     use_case: &U,
     payload: Value,
     context: lambda_runtime::Context,
@@ -197,6 +227,16 @@ async fn dispatch<U: NotifyContacts + OpenTracker>(
                 Err(_) => refused(DirectError::Internal { request_id }),
             }
         }
+        Incoming::Sqs(records) => {
+            let answer = work_batch(use_case, records, deadline(&context)).await;
+            (
+                Ok(answer),
+                Outcome {
+                    label: "work",
+                    event: None,
+                },
+            )
+        }
         Incoming::Sns(messages) => match track_opens(use_case, &messages).await {
             Ok(counts) => (
                 Ok(counts),
@@ -231,6 +271,37 @@ async fn dispatch<U: NotifyContacts + OpenTracker>(
             }
         }
     }
+}
+
+/// Runs the work messages of one SQS event side by side (sharing the rate
+/// limits) and answers with the ones to deliver again, as
+/// `ReportBatchItemFailures` expects. A message that cannot be read fails
+/// too: after its receives it lands in the dead-letter queue for a person.
+async fn work_batch<U: Work>(
+    worker: &U,
+    records: Vec<SqsRecord>,
+    deadline: Option<std::time::Instant>,
+) -> Value {
+    let runs = records.into_iter().map(|r| async move {
+        let batch = match serde_json::from_str::<WorkBatch>(&r.body) {
+            Ok(b) => b,
+            Err(_) => {
+                tracing::error!(sqs_message_id = %r.message_id, receive_count = r.receive_count, "work message is not a work batch; left for the dead-letter queue");
+                return Some(r.message_id);
+            }
+        };
+        match worker.work(batch, r.receive_count, deadline).await {
+            Ok(_) => None,
+            Err(_) => Some(r.message_id),
+        }
+    });
+    let failed: Vec<Value> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|id| json!({"itemIdentifier": id}))
+        .collect();
+    json!({ "batchItemFailures": failed })
 }
 
 /// Applies the opens among SES events; everything else is counted and dropped.

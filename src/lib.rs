@@ -14,6 +14,7 @@ pub mod rate;
 pub mod render;
 pub mod telemetry;
 pub mod tracking;
+pub mod work;
 
 use aws_config::SdkConfig;
 
@@ -43,14 +44,24 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
         rates: rate_limits(config),
         policy: notify::Policy {
             idempotency_window: config.idempotency_window,
+            hand_off: config.hand_off.clone(),
             ..notify::Policy::default()
         },
+        queue: config.work_queue_url.as_ref().map(|url| {
+            std::sync::Arc::new(aws::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk), url))
+                as std::sync::Arc<dyn ports::WorkQueue>
+        }),
     }
 }
 
-/// One bucket per channel, holding one second of sends as its burst.
+/// One bucket per channel, holding one second of sends as its burst; with
+/// `RATE_SPLIT` n, this instance's share of the rate (1/n of it).
 pub fn rate_limits(config: &Config) -> rate::RateLimits {
-    let limiter = |r: Option<f64>| r.map(|r| rate::RateLimiter::new(r, r.ceil().max(1.0) as u32));
+    let split = f64::from(config.rate_split.max(1));
+    let limiter = |r: Option<f64>| {
+        r.map(|r| r / split)
+            .map(|r| rate::RateLimiter::new(r, r.ceil().max(1.0) as u32))
+    };
     rate::RateLimits {
         email: limiter(config.email_per_second),
         sms: limiter(config.sms_per_second),

@@ -31,6 +31,10 @@ pub enum StoreOp {
     SaveDeliveries,
     FinishEvent,
     Idempotency,
+    /// Reads of a stored event or of chosen ledger entries (the worker's reads).
+    ReadEvent,
+    /// Opening and completing work batches.
+    WorkBatches,
 }
 
 #[derive(Default)]
@@ -41,6 +45,8 @@ pub struct MemoryStore {
     events: Mutex<HashMap<(String, String), NotificationEvent>>,
     deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
     keys: Mutex<HashMap<(String, String), IdempotencyRecord>>,
+    /// Open work batches per event ID (absent: none were opened).
+    batches: Mutex<HashMap<String, HashSet<String>>>,
     failing: Mutex<HashSet<StoreOp>>,
     /// Calls of an op that still succeed before it starts failing.
     failing_after: Mutex<HashMap<StoreOp, usize>>,
@@ -111,6 +117,17 @@ impl MemoryStore {
         if let Some(r) = lock(&self.keys).get_mut(&(org.to_owned(), key.to_owned())) {
             r.locked_until = 0;
         }
+    }
+    /// The work batches of an event still open (`None`: never handed off).
+    pub fn open_batch_ids(&self, event_id: &str) -> Option<HashSet<String>> {
+        lock(&self.batches).get(event_id).cloned()
+    }
+    /// Replaces a ledger entry as is, as if a run had stopped after writing it.
+    pub fn put_delivery(&self, event_id: &str, d: Delivery) {
+        let mut all = lock(&self.deliveries);
+        let ledger = all.entry(event_id.to_owned()).or_default();
+        ledger.retain(|old| old.key() != d.key());
+        ledger.push(d);
     }
     pub fn deliveries(&self, event_id: &str) -> Vec<Delivery> {
         lock(&self.deliveries)
@@ -232,6 +249,101 @@ impl EventStore for MemoryStore {
         Ok(self
             .event(org.as_str(), event_id)
             .map(|e| (e, self.deliveries(event_id))))
+    }
+    async fn event(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<NotificationEvent>, StoreError> {
+        self.check(StoreOp::ReadEvent)?;
+        Ok(MemoryStore::event(self, org.as_str(), event_id))
+    }
+    async fn deliveries(
+        &self,
+        _org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.check(StoreOp::ReadEvent)?;
+        Ok(MemoryStore::deliveries(self, event_id)
+            .into_iter()
+            .filter(|d| keys.contains(&d.key()))
+            .collect())
+    }
+    async fn replace_queued(
+        &self,
+        _org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.check(StoreOp::SaveDeliveries)?;
+        let mut all = lock(&self.deliveries);
+        let ledger = all.entry(event_id.to_owned()).or_default();
+        Ok(deliveries
+            .iter()
+            .map(|d| {
+                let held = ledger.iter().position(|old| old.key() == d.key());
+                match held {
+                    Some(i) if ledger[i].status != crate::model::DeliveryStatus::Queued => false,
+                    Some(i) => {
+                        ledger[i] = d.clone();
+                        true
+                    }
+                    None => {
+                        ledger.push(d.clone());
+                        true
+                    }
+                }
+            })
+            .collect())
+    }
+    async fn open_batches(
+        &self,
+        _org: &OrgId,
+        event_id: &str,
+        batch_ids: &[String],
+    ) -> Result<(), StoreError> {
+        self.check(StoreOp::WorkBatches)?;
+        lock(&self.batches)
+            .entry(event_id.to_owned())
+            .or_insert_with(|| batch_ids.iter().cloned().collect());
+        Ok(())
+    }
+    async fn complete_batch(
+        &self,
+        _org: &OrgId,
+        event_id: &str,
+        batch_id: &str,
+    ) -> Result<crate::ports::BatchProgress, StoreError> {
+        self.check(StoreOp::WorkBatches)?;
+        let mut batches = lock(&self.batches);
+        let open = batches.entry(event_id.to_owned()).or_default();
+        Ok(crate::ports::BatchProgress {
+            removed: open.remove(batch_id),
+            remaining: open.len(),
+        })
+    }
+    async fn close_event(&self, event: &NotificationEvent) -> Result<bool, StoreError> {
+        self.check(StoreOp::FinishEvent)?;
+        match lock(&self.events).get_mut(&event_key(event)) {
+            Some(e) if e.event_status == Some(crate::model::EventStatus::Pending) => {
+                // Opens recorded meanwhile are kept, as the DynamoDB store does.
+                let mut closed = event.clone();
+                closed.track_events = e.track_events.take();
+                if let Some(opens) = e.info.as_ref().and_then(|i| i.get("opens")) {
+                    closed
+                        .info
+                        .get_or_insert_with(Default::default)
+                        .insert("opens".into(), opens.clone());
+                }
+                *e = closed;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(StoreError::Conflict {
+                op: "close event",
+            }),
+        }
     }
 }
 
@@ -377,6 +489,52 @@ impl TopicPublisher for MemoryProvider {
     }
 }
 
+/// A work queue that keeps what it was given, in order, and can refuse
+/// chosen batches (by position) or everything.
+#[derive(Default)]
+pub struct MemoryQueue {
+    messages: Mutex<Vec<crate::ports::WorkBatch>>,
+    refuse_all: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryQueue {
+    /// Takes every queued message out, oldest first.
+    pub fn drain(&self) -> Vec<crate::ports::WorkBatch> {
+        std::mem::take(&mut *lock(&self.messages))
+    }
+    pub fn len(&self) -> usize {
+        lock(&self.messages).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes every later enqueue fail (true) or work again (false).
+    pub fn refuse_all(&self, refuse: bool) {
+        self.refuse_all.store(refuse, Ordering::SeqCst);
+    }
+}
+
+impl crate::ports::WorkQueue for MemoryQueue {
+    fn enqueue<'a>(
+        &'a self,
+        batches: &'a [crate::ports::WorkBatch],
+    ) -> futures::future::BoxFuture<'a, Vec<Result<(), SendError>>> {
+        Box::pin(async move {
+            if self.refuse_all.load(Ordering::SeqCst) {
+                let refused = SendError {
+                    code: "ServiceUnavailable".into(),
+                    message: "injected queue failure".into(),
+                    permanent: false,
+                    outcome_unknown: false,
+                };
+                return batches.iter().map(|_| Err(refused.clone())).collect();
+            }
+            lock(&self.messages).extend(batches.iter().cloned());
+            batches.iter().map(|_| Ok(())).collect()
+        })
+    }
+}
+
 /// The use case over in-memory ports.
 pub type MemoryNotifier = crate::notify::Notifier<
     Arc<MemoryStore>,
@@ -400,6 +558,7 @@ pub fn notifier(
         concurrency,
         rates: crate::rate::RateLimits::default(),
         policy: crate::notify::Policy::default(),
+        queue: None,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::model::{
 use crate::ports::{
     Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
     KeyOutcome, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError, TopicMessage,
-    TopicPublisher,
+    TopicPublisher, WorkBatch, WorkItem, WorkQueue,
 };
 use crate::rate::RateLimits;
 use crate::render;
@@ -67,6 +67,37 @@ pub struct Policy {
     pub idempotency_lock: std::time::Duration,
     /// No new send starts when less than this is left before the deadline (default 3 s).
     pub deadline_margin: std::time::Duration,
+    /// When a request's sends go to the work queue instead of being made at once.
+    pub hand_off: HandOff,
+}
+
+/// The knobs of the hand-off to the work queue (used only with a queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandOff {
+    /// The time the synchronous path may spend sending: a share of the API's
+    /// 29 s limit (default 50%, 14.5 s). A request whose estimate exceeds it is queued.
+    pub sync_budget: std::time::Duration,
+    /// A request with more recipients than this is queued whatever the estimate (default 500).
+    pub max_sync_recipients: usize,
+    /// Deliveries per queue message (default 10): one worker sends them together.
+    pub deliveries_per_message: usize,
+    /// The queue's `maxReceiveCount`: on that receive a failing message gives
+    /// up, records its deliveries as FAILED, and goes on to the DLQ (default 5).
+    pub max_receives: u32,
+    /// Assumed time of one provider call, for the estimate (default 100 ms).
+    pub send_latency: std::time::Duration,
+}
+
+impl Default for HandOff {
+    fn default() -> Self {
+        Self {
+            sync_budget: std::time::Duration::from_millis(14_500),
+            max_sync_recipients: 500,
+            deliveries_per_message: 10,
+            max_receives: 5,
+            send_latency: std::time::Duration::from_millis(100),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -75,6 +106,7 @@ impl Default for Policy {
             idempotency_window: std::time::Duration::from_secs(24 * 3600),
             idempotency_lock: std::time::Duration::from_secs(60),
             deadline_margin: std::time::Duration::from_secs(3),
+            hand_off: HandOff::default(),
         }
     }
 }
@@ -122,10 +154,13 @@ pub struct Notifier<S, M, P, T> {
     /// Sends a second per channel (none: unlimited).
     pub rates: RateLimits,
     pub policy: Policy,
+    /// The work queue large requests are handed to; `None`: every request is
+    /// served synchronously.
+    pub queue: Option<Arc<dyn WorkQueue>>,
 }
 
 /// One unit of work of the fan-out.
-enum Action {
+pub(crate) enum Action {
     Email {
         contact_id: String,
         email: OutgoingEmail,
@@ -139,7 +174,7 @@ enum Action {
 }
 
 impl Action {
-    fn channel(&self) -> NotificationChannel {
+    pub(crate) fn channel(&self) -> NotificationChannel {
         match self {
             Action::Email { .. } => NotificationChannel::Email,
             Action::Sms { .. } => NotificationChannel::Sms,
@@ -147,7 +182,7 @@ impl Action {
         }
     }
     /// The record written just before the send.
-    fn intent(&self) -> Delivery {
+    pub(crate) fn intent(&self) -> Delivery {
         Delivery {
             channel: self.channel(),
             contact_id: self.contact_id(),
@@ -155,17 +190,18 @@ impl Action {
             message_id: None,
             reason: None,
             time: now_millis(),
+            batch: None,
         }
     }
     /// The same key as the `Delivery` this action produces.
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!(
             "{}#{}",
             self.channel(),
             self.contact_id().as_deref().unwrap_or("-")
         )
     }
-    fn contact_id(&self) -> Option<String> {
+    pub(crate) fn contact_id(&self) -> Option<String> {
         match self {
             Action::Email { contact_id, .. } | Action::Sms { contact_id, .. } => {
                 Some(contact_id.clone())
@@ -175,7 +211,7 @@ impl Action {
     }
 }
 
-fn skipped(
+pub(crate) fn skipped(
     channel: NotificationChannel,
     contact_id: Option<&str>,
     reason: impl Into<String>,
@@ -187,16 +223,17 @@ fn skipped(
         message_id: None,
         reason: Some(reason.into()),
         time: now_millis(),
+        batch: None,
     }
 }
 
 /// The recipients, resolved: who gets what.
-struct Recipients {
+pub(crate) struct Recipients {
     /// Contact IDs to notify, in request (or offer) order.
-    ids: Vec<String>,
+    pub(crate) ids: Vec<String>,
     /// Extra email-only recipients from the settings' `ccContactIds`.
-    cc_ids: Vec<String>,
-    contacts: HashMap<String, Contact>,
+    pub(crate) cc_ids: Vec<String>,
+    pub(crate) contacts: HashMap<String, Contact>,
 }
 
 impl<S, M, P, T> Notifier<S, M, P, T>
@@ -294,7 +331,7 @@ where
 
     /// Turns recipients × channels into actions to perform and deliveries
     /// already decided (skipped, with why).
-    fn plan(
+    pub(crate) fn plan(
         &self,
         event: &NotificationEvent,
         offer: &Offer,
@@ -479,6 +516,7 @@ where
             message_id,
             reason,
             time: now_millis(),
+            batch: None,
         }
     }
 }
@@ -499,14 +537,16 @@ fn summarise(
             DeliveryStatus::Skipped => "skipped",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Sending | DeliveryStatus::Unconfirmed => "unconfirmed",
+            DeliveryStatus::Queued => "queued",
         };
         entry[key] = json!(entry[key].as_u64().unwrap_or(0) + 1);
         match d.status {
             DeliveryStatus::Sent => sent += 1,
             // Not known to be accepted: the event cannot say DONE.
-            DeliveryStatus::Failed | DeliveryStatus::Sending | DeliveryStatus::Unconfirmed => {
-                failed += 1
-            }
+            DeliveryStatus::Failed
+            | DeliveryStatus::Sending
+            | DeliveryStatus::Unconfirmed
+            | DeliveryStatus::Queued => failed += 1,
             DeliveryStatus::Skipped => continue,
         }
         if !used.contains(&d.channel) {
@@ -586,6 +626,8 @@ where
         let result = self.run(&cmd, event_id, resume).await;
         let outcome = match &result {
             Ok(event) if event.event_status != Some(EventStatus::Pending) => KeyOutcome::Completed,
+            // Handed to the queue: the workers finish it; a repeat answers with the event.
+            Ok(event) if is_queued(event) => KeyOutcome::Completed,
             _ => KeyOutcome::Released,
         };
         if let Err(e) = self.store.finish(org, &key, outcome).await {
@@ -697,6 +739,10 @@ where
                 None
             };
             match stored {
+                // A handed-off request that stopped before every message was queued.
+                Some((previous, ledger)) if is_queued(&previous) => {
+                    return self.requeue(cmd, previous, ledger).await;
+                }
                 Some((previous, ledger)) => {
                     // Keep the first attempt's creation time and what it got
                     // accepted. A delivery it left SENDING may have gone out:
@@ -708,15 +754,12 @@ where
                         match d.status {
                             DeliveryStatus::Sent | DeliveryStatus::Unconfirmed => {}
                             DeliveryStatus::Sending => {
-                                d.status = DeliveryStatus::Unconfirmed;
-                                d.reason = Some(
-                                    "the run stopped between sending and recording; not sent again, so it reached the recipient at most once"
-                                        .into(),
-                                );
-                                d.time = now_millis();
+                                unconfirm(&mut d, "the run stopped between sending and recording");
                                 unconfirmed.push(d.clone());
                             }
-                            DeliveryStatus::Failed | DeliveryStatus::Skipped => continue,
+                            DeliveryStatus::Failed
+                            | DeliveryStatus::Skipped
+                            | DeliveryStatus::Queued => continue,
                         }
                         settled.insert(d.key());
                         recorded.push(d);
@@ -733,18 +776,243 @@ where
                         "resuming"
                     );
                 }
-                None => match self.store.create_event(&event).await {
-                    // The event ID is new to this run: a conflict is our own earlier
-                    // attempt that landed after timing out.
-                    Err(StoreError::Conflict { .. }) => {}
-                    other => other?,
-                },
+                None => {
+                    if let Some(queue) = self.queue.as_deref() {
+                        let recipients = recipients.ids.len() + recipients.cc_ids.len();
+                        if self.should_queue(recipients, &actions) {
+                            return self.hand_off(queue, cmd, event, actions, decided).await;
+                        }
+                    }
+                    match self.store.create_event(&event).await {
+                        // The event ID is new to this run: a conflict is our own earlier
+                        // attempt that landed after timing out.
+                        Err(StoreError::Conflict { .. }) => {}
+                        other => other?,
+                    }
+                }
             }
             self.deliver_and_record(cmd, event, actions, decided, recorded)
                 .await
         }
         .instrument(span)
         .await
+    }
+
+    /// How long sending `actions` here and now would take: the slowest
+    /// channel at its rate, or the provider calls through the concurrency.
+    pub fn estimate(&self, channels: &[NotificationChannel]) -> std::time::Duration {
+        let mut per_channel: HashMap<&NotificationChannel, usize> = HashMap::new();
+        for c in channels {
+            *per_channel.entry(c).or_default() += 1;
+        }
+        let rated = per_channel
+            .iter()
+            .filter_map(|(c, n)| {
+                let limiter = match c {
+                    NotificationChannel::Email => self.rates.email.as_ref(),
+                    NotificationChannel::Sms => self.rates.sms.as_ref(),
+                    NotificationChannel::Sns => self.rates.topic.as_ref(),
+                    _ => None,
+                }?;
+                Some(*n as f64 / limiter.per_second())
+            })
+            .fold(0.0_f64, f64::max);
+        let rounds = channels.len().div_ceil(self.concurrency.max(1));
+        let called = self.policy.hand_off.send_latency.as_secs_f64() * rounds as f64;
+        std::time::Duration::from_secs_f64(rated.max(called))
+    }
+
+    fn should_queue(&self, recipients: usize, actions: &[Action]) -> bool {
+        if actions.is_empty() {
+            return false;
+        }
+        let knobs = &self.policy.hand_off;
+        let channels: Vec<NotificationChannel> = actions.iter().map(Action::channel).collect();
+        let estimate = self.estimate(&channels);
+        let queue = recipients > knobs.max_sync_recipients || estimate > knobs.sync_budget;
+        tracing::info!(
+            recipients,
+            deliveries = actions.len(),
+            estimate_ms = estimate.as_millis() as u64,
+            budget_ms = knobs.sync_budget.as_millis() as u64,
+            queue,
+            "synchronous or queued"
+        );
+        queue
+    }
+
+    /// Stores the event with every planned delivery QUEUED, then enqueues the
+    /// work; answers with the stored (PENDING) event.
+    async fn hand_off(
+        &self,
+        queue: &dyn WorkQueue,
+        cmd: &NotifyCommand,
+        mut event: NotificationEvent,
+        actions: Vec<Action>,
+        decided: Vec<Delivery>,
+    ) -> Result<NotificationEvent, NotifyError> {
+        let org = &cmd.org_id;
+        let event_id = event.event_id.clone().unwrap_or_default();
+        let per_message = self.policy.hand_off.deliveries_per_message.max(1);
+        let mut batches = Vec::new();
+        let mut ledger = decided;
+        for (n, chunk) in interleave(actions).chunks(per_message).enumerate() {
+            let batch_id = format!("b{n:05}");
+            ledger.extend(chunk.iter().map(|a| {
+                let mut d = a.intent();
+                d.status = DeliveryStatus::Queued;
+                d.batch = Some(batch_id.clone());
+                d
+            }));
+            batches.push(WorkBatch {
+                organization_id: org.to_string(),
+                event_id: event_id.clone(),
+                offer_id: cmd.offer_id.to_string(),
+                batch_id,
+                deliveries: chunk
+                    .iter()
+                    .map(|a| WorkItem {
+                        channel: a.channel(),
+                        contact_id: a.contact_id(),
+                    })
+                    .collect(),
+            });
+        }
+        let queued = ledger
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Queued)
+            .count();
+        let (summary, _, _) = summarise(&ledger);
+        let mut info = Map::new();
+        info.insert("deliveryMode".into(), json!(QUEUED_MODE));
+        info.insert("queuedDeliveries".into(), json!(queued));
+        info.insert("queueMessages".into(), json!(batches.len()));
+        info.insert("deliverySummary".into(), Value::Object(summary));
+        info.insert("deliveryCount".into(), json!(ledger.len()));
+        event.info = Some(info);
+        // The event says QUEUED before any worker can see a message, so a
+        // fast worker never finds it half-written.
+        match self.store.create_event(&event).await {
+            Err(StoreError::Conflict { .. }) => {}
+            other => other?,
+        }
+        self.store.save_deliveries(org, &event_id, &ledger).await?;
+        let ids: Vec<String> = batches.iter().map(|b| b.batch_id.clone()).collect();
+        self.store.open_batches(org, &event_id, &ids).await?;
+        tracing::info!(queued, messages = batches.len(), "handing off to the work queue");
+        self.enqueue(queue, org, event, batches).await
+    }
+
+    /// A keyed retry of a handed-off request: enqueues again whatever is still
+    /// QUEUED. Duplicates are harmless: a worker only sends what it takes from QUEUED.
+    async fn requeue(
+        &self,
+        cmd: &NotifyCommand,
+        event: NotificationEvent,
+        ledger: Vec<Delivery>,
+    ) -> Result<NotificationEvent, NotifyError> {
+        let Some(queue) = self.queue.as_deref() else {
+            return Ok(event);
+        };
+        if event.event_status != Some(EventStatus::Pending) {
+            return Ok(event);
+        }
+        let mut grouped: std::collections::BTreeMap<String, Vec<WorkItem>> = Default::default();
+        for d in ledger.iter().filter(|d| d.status == DeliveryStatus::Queued) {
+            if let Some(batch) = &d.batch {
+                grouped.entry(batch.clone()).or_default().push(WorkItem {
+                    channel: d.channel.clone(),
+                    contact_id: d.contact_id.clone(),
+                });
+            }
+        }
+        if grouped.is_empty() {
+            return Ok(event);
+        }
+        let event_id = event.event_id.clone().unwrap_or_default();
+        let ids: Vec<String> = grouped.keys().cloned().collect();
+        self.store.open_batches(&cmd.org_id, &event_id, &ids).await?;
+        let batches = grouped
+            .into_iter()
+            .map(|(batch_id, deliveries)| WorkBatch {
+                organization_id: cmd.org_id.to_string(),
+                event_id: event_id.clone(),
+                offer_id: cmd.offer_id.to_string(),
+                batch_id,
+                deliveries,
+            })
+            .collect();
+        tracing::info!(messages = ids.len(), "enqueuing again what is still queued");
+        self.enqueue(queue, &cmd.org_id, event, batches).await
+    }
+
+    /// Sends the batches to the queue. A batch the queue refused (after the
+    /// adapter's retries) has its deliveries recorded FAILED and is completed,
+    /// so the event still closes and says who was not notified.
+    async fn enqueue(
+        &self,
+        queue: &dyn WorkQueue,
+        org: &OrgId,
+        event: NotificationEvent,
+        batches: Vec<WorkBatch>,
+    ) -> Result<NotificationEvent, NotifyError> {
+        let event_id = event.event_id.clone().unwrap_or_default();
+        let results = queue.enqueue(&batches).await;
+        let mut closed = None;
+        let mut refused = 0;
+        for (batch, result) in batches.iter().zip(results) {
+            let Err(e) = result else { continue };
+            refused += 1;
+            tracing::error!(batch = %batch.batch_id, code = %e.code, "work batch could not be queued");
+            let reason = format!("could not be queued: {e}");
+            let failed: Vec<Delivery> = batch
+                .deliveries
+                .iter()
+                .map(|item| {
+                    let mut d = skipped(item.channel.clone(), item.contact_id.as_deref(), reason.clone());
+                    d.status = DeliveryStatus::Failed;
+                    d
+                })
+                .collect();
+            self.store.replace_queued(org, &event_id, &failed).await?;
+            if let Some(c) = self.complete(org, &event_id, &batch.batch_id).await? {
+                closed = Some(c);
+            }
+        }
+        if refused > 0 {
+            tracing::warn!(refused, queued = batches.len() - refused, "some work batches were not queued");
+        }
+        Ok(closed.unwrap_or(event))
+    }
+
+    /// Marks a batch finished; the call that finishes the last one closes
+    /// the event (returned when this call closed it).
+    pub(crate) async fn complete(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch_id: &str,
+    ) -> Result<Option<NotificationEvent>, StoreError> {
+        let progress = self.store.complete_batch(org, event_id, batch_id).await?;
+        tracing::debug!(batch = batch_id, removed = progress.removed, remaining = progress.remaining, "work batch completed");
+        if progress.remaining > 0 {
+            return Ok(None);
+        }
+        let Some((mut event, ledger)) = self.store.event_with_deliveries(org, event_id).await?
+        else {
+            return Ok(None);
+        };
+        if event.event_status != Some(EventStatus::Pending) {
+            return Ok(None);
+        }
+        let status = conclude(&mut event, &ledger, 0);
+        if self.store.close_event(&event).await? {
+            tracing::info!(status = %status, deliveries = ledger.len(), "event closed by the last work batch");
+            Ok(Some(event))
+        } else {
+            // Another worker closed it first: exactly one close wins.
+            Ok(None)
+        }
     }
 
     /// Delivers, writing the ledger as deliveries complete (so an interrupted
@@ -769,12 +1037,51 @@ where
             self.store.save_deliveries(org, &event_id, &decided).await?;
             recorded.extend(decided);
         }
-
+        let (sent, not_started) = self
+            .send_all(org, &event_id, actions, cmd.deadline, true)
+            .await?;
+        recorded.extend(sent);
         // Near the Lambda's deadline no new send starts: what remains is left
         // for a retry with the same idempotency key.
-        let deadline = cmd
-            .deadline
-            .map(|d| d.checked_sub(self.policy.deadline_margin).unwrap_or(d));
+        let reason = "not started before the Lambda's deadline; a retry with the same idempotency key sends it";
+        let not_started: Vec<Delivery> = not_started
+            .into_iter()
+            .map(|a| {
+                let mut d = a.intent();
+                d.status = DeliveryStatus::Skipped;
+                d.reason = Some(reason.into());
+                d
+            })
+            .collect();
+        if !not_started.is_empty() {
+            // Their intents are on record; say they were not sent, so a resume sends them.
+            self.store
+                .save_deliveries(org, &event_id, &not_started)
+                .await?;
+        }
+        let not_started_count = not_started.len();
+        recorded.extend(not_started);
+        let status = conclude(&mut event, &recorded, not_started_count);
+        self.store.finish_event(&event).await?;
+        tracing::info!(status = %status, not_started = not_started_count, "event finished");
+        Ok(event)
+    }
+
+    /// Sends with bounded concurrency under the rate limits, recording each
+    /// outcome in the ledger as it completes. With `record_intents`, each
+    /// batch's SENDING intents are written before any of it is sent (a worker
+    /// has written them already, taking the deliveries from QUEUED). Answers
+    /// the recorded outcomes in order, and the actions not started because
+    /// the deadline came near.
+    pub(crate) async fn send_all(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        actions: Vec<Action>,
+        deadline: Option<std::time::Instant>,
+        record_intents: bool,
+    ) -> Result<(Vec<Delivery>, Vec<Action>), NotifyError> {
+        let deadline = deadline.map(|d| d.checked_sub(self.policy.deadline_margin).unwrap_or(d));
         let mut waiting = actions.into_iter().enumerate();
         // Actions whose intent (SENDING) is recorded, in order, not started yet.
         let mut ready: std::collections::VecDeque<(usize, Action)> =
@@ -782,28 +1089,26 @@ where
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut unrecorded: Vec<(usize, Delivery)> = Vec::new();
         let mut fresh: Vec<(usize, Delivery)> = Vec::new();
-        let mut not_started: Vec<Delivery> = Vec::new();
+        let mut not_started: Vec<Action> = Vec::new();
+        let mut stopped = false;
         let mut tick = tokio::time::interval(LEDGER_FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            while in_flight.len() < self.concurrency.max(1) && not_started.is_empty() {
+            while in_flight.len() < self.concurrency.max(1) && !stopped {
                 if ready.is_empty() {
                     // Record the next batch's intents before any of it is sent.
                     ready.extend(waiting.by_ref().take(LEDGER_BATCH));
                     if ready.is_empty() {
                         break;
                     }
-                    let marks: Vec<Delivery> = ready.iter().map(|(_, a)| a.intent()).collect();
-                    self.store.save_deliveries(org, &event_id, &marks).await?;
+                    if record_intents {
+                        let marks: Vec<Delivery> = ready.iter().map(|(_, a)| a.intent()).collect();
+                        self.store.save_deliveries(org, event_id, &marks).await?;
+                    }
                 }
                 if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    let reason = "not started before the Lambda's deadline; a retry with the same idempotency key sends it";
-                    not_started.extend(ready.drain(..).chain(waiting.by_ref()).map(|(_, a)| {
-                        let mut d = a.intent();
-                        d.status = DeliveryStatus::Skipped;
-                        d.reason = Some(reason.into());
-                        d
-                    }));
+                    not_started.extend(ready.drain(..).chain(waiting.by_ref()).map(|(_, a)| a));
+                    stopped = true;
                     break;
                 }
                 if let Some((i, a)) = ready.pop_front() {
@@ -817,50 +1122,16 @@ where
                 Some((i, d)) = in_flight.next() => {
                     unrecorded.push((i, d));
                     if unrecorded.len() >= LEDGER_BATCH {
-                        self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?;
+                        self.flush(org, event_id, &mut unrecorded, &mut fresh).await?;
                     }
                 }
-                _ = tick.tick(), if !unrecorded.is_empty() => self.flush(org, &event_id, &mut unrecorded, &mut fresh).await?,
+                _ = tick.tick(), if !unrecorded.is_empty() => self.flush(org, event_id, &mut unrecorded, &mut fresh).await?,
             }
         }
-        if !not_started.is_empty() {
-            // Their intents are on record; say they were not sent, so a resume sends them.
-            self.store
-                .save_deliveries(org, &event_id, &not_started)
-                .await?;
-        }
-        self.flush(org, &event_id, &mut unrecorded, &mut fresh)
+        self.flush(org, event_id, &mut unrecorded, &mut fresh)
             .await?;
         fresh.sort_by_key(|(i, _)| *i);
-        recorded.extend(fresh.into_iter().map(|(_, d)| d));
-
-        let not_started_count = not_started.len();
-        recorded.extend(not_started);
-        let (summary, status, used) = summarise(&recorded);
-        let status = if not_started_count > 0 {
-            EventStatus::Pending
-        } else {
-            status
-        };
-        let mut info = Map::new();
-        info.insert("deliverySummary".into(), Value::Object(summary));
-        info.insert("deliveryCount".into(), json!(recorded.len()));
-        if not_started_count > 0 {
-            info.insert("deliveriesNotStarted".into(), json!(not_started_count));
-        }
-        if recorded.len() <= MAX_INLINE_DELIVERIES {
-            info.insert(
-                "deliveries".into(),
-                serde_json::to_value(&recorded).unwrap_or(Value::Null),
-            );
-        }
-        event.info = Some(info);
-        event.channels = Some(used);
-        event.event_status = Some(status.clone());
-        event.last_update_time = Some(now_millis());
-        self.store.finish_event(&event).await?;
-        tracing::info!(status = %status, not_started = not_started_count, "event finished");
-        Ok(event)
+        Ok((fresh.into_iter().map(|(_, d)| d).collect(), not_started))
     }
 
     async fn flush(
@@ -878,6 +1149,99 @@ where
         recorded.append(unrecorded);
         Ok(())
     }
+}
+
+/// `info.deliveryMode` of an event handed to the work queue.
+pub const QUEUED_MODE: &str = "QUEUED";
+
+fn is_queued(event: &NotificationEvent) -> bool {
+    event
+        .info
+        .as_ref()
+        .and_then(|i| i.get("deliveryMode"))
+        .and_then(Value::as_str)
+        == Some(QUEUED_MODE)
+}
+
+/// A delivery found SENDING by a later run: it may have gone out, so it is
+/// not sent again.
+pub(crate) fn unconfirm(d: &mut Delivery, why: &str) {
+    d.status = DeliveryStatus::Unconfirmed;
+    d.reason = Some(format!(
+        "{why}; not sent again, so it reached the recipient at most once"
+    ));
+    d.time = now_millis();
+    d.batch = None;
+}
+
+/// Orders actions so that channels alternate (EMAIL, SMS, EMAIL, SMS, ...):
+/// every queue message then keeps each channel's rate busy.
+fn interleave(actions: Vec<Action>) -> Vec<Action> {
+    let mut lanes: Vec<(NotificationChannel, std::collections::VecDeque<Action>)> = Vec::new();
+    for a in actions {
+        let c = a.channel();
+        match lanes.iter_mut().find(|(lane, _)| *lane == c) {
+            Some((_, q)) => q.push_back(a),
+            None => lanes.push((c, std::collections::VecDeque::from([a]))),
+        }
+    }
+    let mut out = Vec::new();
+    loop {
+        let mut any = false;
+        for (_, q) in lanes.iter_mut() {
+            if let Some(a) = q.pop_front() {
+                out.push(a);
+                any = true;
+            }
+        }
+        if !any {
+            return out;
+        }
+    }
+}
+
+/// Writes the outcome into the event: per-channel counts, the deliveries
+/// inline (or, for a large event, the ones that did not go out), the final
+/// status. Keeps what `info` already holds (the queue figures, opens).
+fn conclude(
+    event: &mut NotificationEvent,
+    recorded: &[Delivery],
+    not_started: usize,
+) -> EventStatus {
+    let (summary, status, used) = summarise(recorded);
+    let status = if not_started > 0 {
+        EventStatus::Pending
+    } else {
+        status
+    };
+    let info = event.info.get_or_insert_with(Map::new);
+    info.insert("deliverySummary".into(), Value::Object(summary));
+    info.insert("deliveryCount".into(), json!(recorded.len()));
+    if not_started > 0 {
+        info.insert("deliveriesNotStarted".into(), json!(not_started));
+    }
+    if recorded.len() <= MAX_INLINE_DELIVERIES {
+        info.insert(
+            "deliveries".into(),
+            serde_json::to_value(recorded).unwrap_or(Value::Null),
+        );
+    } else {
+        let problems: Vec<&Delivery> = recorded
+            .iter()
+            .filter(|d| !matches!(d.status, DeliveryStatus::Sent | DeliveryStatus::Skipped))
+            .take(MAX_INLINE_DELIVERIES)
+            .collect();
+        if !problems.is_empty() {
+            info.insert(
+                "failedDeliveries".into(),
+                serde_json::to_value(problems).unwrap_or(Value::Null),
+            );
+        }
+    }
+    event.channels = Some(used);
+    event.event_status = Some(status.clone());
+    event.last_update_time = Some(now_millis());
+    status
 }
 
 /// Deliveries are written to the ledger in batches of this many, or at least

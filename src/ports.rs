@@ -168,6 +168,105 @@ pub trait EventStore: Send + Sync {
         org: &OrgId,
         event_id: &str,
     ) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send;
+
+    /// The stored event alone (a consistent read), when it exists.
+    fn event(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Option<NotificationEvent>, StoreError>> + Send;
+    /// The ledger entries of `keys` (`Delivery::key`) that exist (a consistent read).
+    fn deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+    /// Writes each delivery only where the ledger holds it as `QUEUED` (or
+    /// not at all): the answer says, in order, which were written. This is how
+    /// a worker takes a queued delivery, so two workers never both send it.
+    fn replace_queued(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    /// Records the queue messages (work batches) of a handed-off event, unless
+    /// they are already recorded.
+    fn open_batches(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch_ids: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Marks one work batch as finished, once: says whether this call removed
+    /// it and how many batches are still open.
+    fn complete_batch(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch_id: &str,
+    ) -> impl Future<Output = Result<BatchProgress, StoreError>> + Send;
+    /// Replaces a PENDING event with its final state; `false` when it is no
+    /// longer PENDING (another worker closed it first).
+    fn close_event(
+        &self,
+        event: &NotificationEvent,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Where a handed-off event stands after a batch completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchProgress {
+    /// This call removed the batch (false: an earlier delivery of the message did).
+    pub removed: bool,
+    /// Batches still open; at 0 the event can be closed.
+    pub remaining: usize,
+}
+
+/// One queued delivery: its channel and, except for a topic, its contact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkItem {
+    pub channel: crate::model::NotificationChannel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<String>,
+}
+
+impl WorkItem {
+    /// The same key as the `Delivery` it becomes.
+    pub fn key(&self) -> String {
+        format!(
+            "{}#{}",
+            self.channel,
+            self.contact_id.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// The body of one work-queue message: which deliveries of which event one
+/// worker sends together. IDs only: no address, number or text leaves the table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkBatch {
+    #[serde(rename = "organizationID")]
+    pub organization_id: String,
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    pub offer_id: String,
+    pub batch_id: String,
+    pub deliveries: Vec<WorkItem>,
+}
+
+/// The work queue (SQS in production). Object-safe, so the use case can hold
+/// one optionally.
+pub trait WorkQueue: Send + Sync {
+    /// Enqueues the batches; the answer says, per batch in order, whether it
+    /// was queued, or the provider's refusal.
+    fn enqueue<'a>(
+        &'a self,
+        batches: &'a [WorkBatch],
+    ) -> futures::future::BoxFuture<'a, Vec<Result<(), SendError>>>;
 }
 
 /// An email ready to send: one recipient, rendered content, tags for tracking.
@@ -242,6 +341,24 @@ macro_rules! delegate {
             }
             fn event_with_deliveries(&self, org: &OrgId, event_id: &str) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send {
                 (**self).event_with_deliveries(org, event_id)
+            }
+            fn event(&self, org: &OrgId, event_id: &str) -> impl Future<Output = Result<Option<NotificationEvent>, StoreError>> + Send {
+                (**self).event(org, event_id)
+            }
+            fn deliveries(&self, org: &OrgId, event_id: &str, keys: &[String]) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send {
+                (**self).deliveries(org, event_id, keys)
+            }
+            fn replace_queued(&self, org: &OrgId, event_id: &str, deliveries: &[Delivery]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+                (**self).replace_queued(org, event_id, deliveries)
+            }
+            fn open_batches(&self, org: &OrgId, event_id: &str, batch_ids: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).open_batches(org, event_id, batch_ids)
+            }
+            fn complete_batch(&self, org: &OrgId, event_id: &str, batch_id: &str) -> impl Future<Output = Result<BatchProgress, StoreError>> + Send {
+                (**self).complete_batch(org, event_id, batch_id)
+            }
+            fn close_event(&self, event: &NotificationEvent) -> impl Future<Output = Result<bool, StoreError>> + Send {
+                (**self).close_event(event)
             }
         }
         impl<X: IdempotencyStore + ?Sized> IdempotencyStore for $wrapper {

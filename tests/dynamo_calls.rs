@@ -75,6 +75,7 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
         concurrency: 16,
         rates: Default::default(),
         policy: Default::default(),
+        queue: None,
     };
     let started = std::time::Instant::now();
     let event = app

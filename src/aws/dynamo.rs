@@ -14,9 +14,10 @@ use crate::model::{
     OfferId, OrgId,
 };
 use crate::ports::{
-    Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStore, KeyOutcome, OfferStore,
-    StoreError,
+    BatchProgress, Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStore,
+    KeyOutcome, OfferStore, StoreError,
 };
+use futures::StreamExt;
 use crate::tracking::{Open, OpenTracker, Recorded, apply_open};
 
 /// BatchGetItem takes at most 100 keys, BatchWriteItem 25 items.
@@ -136,6 +137,24 @@ impl DynamoStore {
         condition: &str,
         last: Option<AttributeValue>,
     ) -> Result<(), StoreError> {
+        let values = last.map(|l| (":last", l)).into_iter().collect();
+        self.put_with(op, pk, sk, event, condition, values).await
+    }
+
+    /// A conditional put of an event, with the condition's values.
+    async fn put_with(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+        event: &NotificationEvent,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<(), StoreError> {
+        let values: HashMap<String, AttributeValue> = values
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
         item.extend(key(pk, sk));
         let result = self
@@ -144,7 +163,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression(condition)
-            .set_expression_attribute_values(last.map(|l| HashMap::from([(":last".to_owned(), l)])))
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .send()
             .await;
         match result {
@@ -227,24 +246,41 @@ impl OfferStore for DynamoStore {
 impl ContactStore for DynamoStore {
     async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Vec<Contact>, StoreError> {
         const OP: &str = "read contacts";
-        let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH_GET_MAX) {
-            let keys: Vec<Item> = chunk
-                .iter()
-                .map(|id| key(org_pk(org), contact_sk(id.as_str())))
-                .collect();
+        let keys = ids
+            .iter()
+            .map(|id| key(org_pk(org), contact_sk(id.as_str())))
+            .collect();
+        self.batch_get(OP, keys, false)
+            .await?
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).map_err(malformed(OP)))
+            .collect()
+    }
+}
+
+impl DynamoStore {
+    /// Reads items by key, 100 a call, retrying unprocessed keys with backoff.
+    async fn batch_get(
+        &self,
+        op: &'static str,
+        keys: Vec<Item>,
+        consistent: bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_MAX) {
             let mut pending = Some(
                 KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(consistent)
                     .build()
-                    .map_err(unavailable(OP))?,
+                    .map_err(unavailable(op))?,
             );
             let mut attempt = 0;
             while let Some(request) = pending.take() {
                 if attempt == BATCH_ATTEMPTS {
                     let left = request.keys().len();
                     return Err(StoreError::Incomplete {
-                        op: OP,
+                        op,
                         left,
                         attempts: attempt,
                     });
@@ -259,14 +295,12 @@ impl ContactStore for DynamoStore {
                     .request_items(&self.table, request)
                     .send()
                     .await
-                    .map_err(unavailable(OP))?;
-                for item in out
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    found.push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
-                }
+                    .map_err(unavailable(op))?;
+                found.extend(
+                    out.responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
                 pending = out
                     .unprocessed_keys
                     .and_then(|mut u| u.remove(&self.table))
@@ -407,13 +441,7 @@ impl EventStore for DynamoStore {
         const OP: &str = "store deliveries";
         let items = deliveries
             .iter()
-            .map(|d| {
-                let mut item: Item = serde_dynamo::to_item(d).map_err(malformed(OP))?;
-                item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
-                item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
-                item.extend(key(org_pk(org), delivery_sk(event_id, d)));
-                Ok(item)
-            })
+            .map(|d| delivery_item(org, event_id, d).map_err(malformed(OP)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.write_all(OP, items).await
     }
@@ -467,11 +495,227 @@ impl EventStore for DynamoStore {
     }
 
     async fn finish_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
+        self.store_final(event, false).await
+    }
+
+    async fn event(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<NotificationEvent>, StoreError> {
+        Ok(self
+            .current_event(&org_pk(org), event_id)
+            .await?
+            .map(|(event, _)| event))
+    }
+
+    async fn deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        const OP: &str = "read deliveries";
+        let keys = keys
+            .iter()
+            .map(|k| key(org_pk(org), format!("DELIVERY#{event_id}#{k}")))
+            .collect();
+        self.batch_get(OP, keys, true)
+            .await?
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).map_err(malformed(OP)))
+            .collect()
+    }
+
+    async fn replace_queued(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> Result<Vec<bool>, StoreError> {
+        let writes: Vec<_> = deliveries
+            .iter()
+            .map(|d| self.put_if_queued(org, event_id, d))
+            .collect();
+        futures::stream::iter(writes)
+            .buffered(CONDITIONAL_WRITES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn open_batches(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch_ids: &[String],
+    ) -> Result<(), StoreError> {
+        if batch_ids.is_empty() {
+            return Ok(());
+        }
+        let mut item = key(org_pk(org), work_sk(event_id));
+        item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
+        item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
+        item.insert(
+            "pendingBatches".into(),
+            AttributeValue::Ss(batch_ids.to_vec()),
+        );
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            // Already recorded (a retried hand-off): what is recorded stands.
+            Ok(_) => Ok(()),
+            Err(e) if conditional_failed(&e) => Ok(()),
+            Err(e) => Err(unavailable("record work batches")(e)),
+        }
+    }
+
+    async fn complete_batch(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch_id: &str,
+    ) -> Result<BatchProgress, StoreError> {
+        const OP: &str = "complete work batch";
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), work_sk(event_id))))
+            .update_expression("DELETE pendingBatches :done")
+            .condition_expression("contains(pendingBatches, :id)")
+            .expression_attribute_values(":done", AttributeValue::Ss(vec![batch_id.to_owned()]))
+            .expression_attribute_values(":id", AttributeValue::S(batch_id.to_owned()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        let (removed, item) = match result {
+            Ok(out) => (true, out.attributes),
+            Err(e) if conditional_failed(&e) => {
+                // Completed before (a redelivered message): read where things stand.
+                (
+                    false,
+                    self.get_consistent(OP, org_pk(org), work_sk(event_id))
+                        .await?,
+                )
+            }
+            Err(e) => return Err(unavailable(OP)(e)),
+        };
+        let remaining = match item.as_ref().and_then(|i| i.get("pendingBatches")) {
+            Some(AttributeValue::Ss(left)) => left.len(),
+            _ => 0,
+        };
+        Ok(BatchProgress { removed, remaining })
+    }
+
+    async fn close_event(&self, event: &NotificationEvent) -> Result<bool, StoreError> {
+        match self.store_final(event, true).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict { op: CLOSE_OP }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+const CLOSE_OP: &str = "close event";
+/// Conditional writes a worker has in flight at once when taking deliveries.
+const CONDITIONAL_WRITES_IN_FLIGHT: usize = 10;
+
+/// The item that lists a handed-off event's open work batches.
+pub fn work_sk(event_id: &str) -> String {
+    format!("WORK#{event_id}")
+}
+
+fn delivery_item(org: &OrgId, event_id: &str, d: &Delivery) -> Result<Item, serde_dynamo::Error> {
+    let mut item: Item = serde_dynamo::to_item(d)?;
+    item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
+    item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
+    item.extend(key(org_pk(org), delivery_sk(event_id, d)));
+    Ok(item)
+}
+
+impl DynamoStore {
+    /// Writes one delivery where the ledger holds it QUEUED or not at all.
+    async fn put_if_queued(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        d: &Delivery,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "take queued deliveries";
+        let item = delivery_item(org, event_id, d).map_err(malformed(OP))?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #st = :queued")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":queued", AttributeValue::S("QUEUED".into()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable(OP)(e)),
+        }
+    }
+
+    async fn get_consistent(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+    ) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable(op))?;
+        Ok(out.item)
+    }
+
+    /// Stores an event's final state, keeping opens recorded meanwhile. With
+    /// `only_pending`, only a PENDING event is replaced (`Conflict` otherwise).
+    async fn store_final(
+        &self,
+        event: &NotificationEvent,
+        only_pending: bool,
+    ) -> Result<(), StoreError> {
+        let op = if only_pending {
+            CLOSE_OP
+        } else {
+            "store final event"
+        };
         const OP: &str = "store final event";
         let (pk, id) = event_key(event)?;
+        let pending = AttributeValue::S("PENDING".into());
+        let and_pending = if only_pending {
+            " AND eventStatus = :pending"
+        } else {
+            ""
+        };
         // Usually nobody has opened an email yet: one write, no read.
         let first = self
-            .put(OP, pk.clone(), event_sk(&id), event, "attribute_exists(pk) AND attribute_not_exists(trackEvents) AND attribute_not_exists(info.opens)")
+            .put_with(
+                op,
+                pk.clone(),
+                event_sk(&id),
+                event,
+                &format!("attribute_exists(pk) AND attribute_not_exists(trackEvents) AND attribute_not_exists(info.opens){and_pending}"),
+                only_pending.then(|| (":pending", pending.clone())).into_iter().collect(),
+            )
             .await;
         if !matches!(first, Err(StoreError::Conflict { .. })) {
             return first;
@@ -479,8 +723,11 @@ impl EventStore for DynamoStore {
         // Opens were recorded while we ran: keep them.
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let Some((current, last)) = self.current_event(&pk, &id).await? else {
-                return Err(StoreError::Conflict { op: OP });
+                return Err(StoreError::Conflict { op });
             };
+            if only_pending && current.event_status != Some(crate::model::EventStatus::Pending) {
+                return Err(StoreError::Conflict { op });
+            }
             let mut merged = event.clone();
             merged.track_events = current.track_events;
             let kept = current.info.unwrap_or_default();

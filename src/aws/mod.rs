@@ -4,6 +4,7 @@
 pub mod dynamo;
 pub mod ses;
 pub mod sns;
+pub mod sqs;
 
 use std::time::Duration;
 

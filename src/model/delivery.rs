@@ -21,7 +21,9 @@ pub enum DeliveryStatus {
     Sending,
     /// Found `SENDING` by a resumed run: the provider may or may not have
     /// accepted it, and it is not sent again (at most once per recipient).
-    Unconfirmed,
+    Unconfirmed,    /// Handed to the work queue, not yet taken by a worker (`batch` names
+    /// the queue message that carries it).
+    Queued,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,9 +41,16 @@ pub struct Delivery {
     pub reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
+    /// The queue message (work batch) that carries this delivery, while it is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 impl Delivery {
+    /// True once nothing more will happen to it: sent, skipped, failed or unconfirmed.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self.status, DeliveryStatus::Queued | DeliveryStatus::Sending)
+    }
     /// The delivery's key inside its event: channel and recipient.
     pub fn key(&self) -> String {
         format!(

@@ -1,0 +1,347 @@
+//! The work-queue side of the use case: one queue message (a `WorkBatch`)
+//! names deliveries of a handed-off event; a worker sends them under the rate
+//! limits and records them, and the worker that completes the last batch
+//! closes the event.
+//!
+//! Safe under redelivery: a worker sends only the deliveries it moved from
+//! QUEUED to SENDING in the ledger (a conditional write), so a duplicate or
+//! redelivered message never sends an accepted delivery again. A delivery a
+//! crashed worker left SENDING becomes UNCONFIRMED and is not resent.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use tracing::Instrument;
+
+use crate::model::{
+    ContactId, Delivery, DeliveryStatus, EventStatus, IdempotencyKey, OfferId, OrgId,
+};
+use crate::notify::{Action, Notifier, Recipients, skipped, unconfirm};
+use crate::ports::{
+    ContactStore, EventStore, IdempotencyStore, Mailer, OfferStore, SmsSender, StoreError,
+    TopicPublisher, WorkBatch,
+};
+
+/// What became of one work message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkDone {
+    /// Its deliveries are recorded; other batches are still open.
+    Recorded,
+    /// Its deliveries are recorded and it was the last batch: the event is closed.
+    Closed(EventStatus),
+    /// The event was already closed: nothing to do.
+    AlreadyClosed,
+}
+
+/// Why a work message must be delivered again (or, at the last receive, go
+/// to the dead-letter queue).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("the work message is not valid: {0}")]
+    Malformed(String),
+    #[error("event {0} does not exist")]
+    EventNotFound(String),
+    #[error("offer {0} no longer exists")]
+    OfferGone(OfferId),
+    #[error("the invocation's deadline came before {0} deliveries could start")]
+    OutOfTime(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The worker as the edge (the SQS event handler) sees it.
+pub trait Work: Send + Sync {
+    /// Processes one message, received for the `receive_count`-th time.
+    fn work(
+        &self,
+        batch: WorkBatch,
+        receive_count: u32,
+        deadline: Option<std::time::Instant>,
+    ) -> impl Future<Output = Result<WorkDone, WorkError>> + Send;
+}
+
+impl<S, M, P, T> Work for Notifier<S, M, P, T>
+where
+    S: OfferStore + ContactStore + EventStore + IdempotencyStore,
+    M: Mailer,
+    P: SmsSender,
+    T: TopicPublisher,
+{
+    async fn work(
+        &self,
+        batch: WorkBatch,
+        receive_count: u32,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<WorkDone, WorkError> {
+        let span = tracing::info_span!("work", event_id = %batch.event_id, batch = %batch.batch_id, receive_count);
+        async move {
+            let result = self.work_once(&batch, deadline).await;
+            match &result {
+                Ok(done) => tracing::info!(?done, "work message done"),
+                Err(e) => tracing::warn!(error = %crate::error_chain(e), "work message failed; it will be delivered again"),
+            }
+            let last = receive_count >= self.policy.hand_off.max_receives;
+            if let (Err(e), true) = (&result, last) {
+                // The queue gives up after this receive: say so in the ledger,
+                // so the event closes and names who was not notified.
+                if let Err(e2) = self.give_up(&batch, e).await {
+                    tracing::error!(error = %crate::error_chain(&e2), "could not record the abandoned deliveries");
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The IDs a message names, checked like any input.
+struct Ids {
+    org: OrgId,
+    offer: OfferId,
+    event_id: String,
+}
+
+fn ids(batch: &WorkBatch) -> Result<Ids, WorkError> {
+    let bad = |what: &str| WorkError::Malformed(format!("{what} is not a valid ID"));
+    let org = OrgId::parse(&batch.organization_id).map_err(|_| bad("organizationID"))?;
+    let offer = OfferId::parse(&batch.offer_id).map_err(|_| bad("offerId"))?;
+    // Event IDs are ours (UUIDs); the same rule as idempotency keys keeps them inert in keys.
+    IdempotencyKey::parse(&batch.event_id).map_err(|_| bad("eventID"))?;
+    if IdempotencyKey::parse(&batch.batch_id).is_err() {
+        return Err(bad("batchId"));
+    }
+    for item in &batch.deliveries {
+        if let Some(c) = &item.contact_id {
+            ContactId::parse(c).map_err(|_| bad("a delivery's contactId"))?;
+        }
+    }
+    Ok(Ids {
+        org,
+        offer,
+        event_id: batch.event_id.clone(),
+    })
+}
+
+impl<S, M, P, T> Notifier<S, M, P, T>
+where
+    S: OfferStore + ContactStore + EventStore + IdempotencyStore,
+    M: Mailer,
+    P: SmsSender,
+    T: TopicPublisher,
+{
+    async fn work_once(
+        &self,
+        batch: &WorkBatch,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<WorkDone, WorkError> {
+        let Ids {
+            org,
+            offer: offer_id,
+            event_id,
+        } = ids(batch)?;
+        let (event, offer, settings) = tokio::try_join!(
+            self.store.event(&org, &event_id),
+            self.store.offer(&org, &offer_id),
+            self.store.settings(&org)
+        )?;
+        let event = event.ok_or_else(|| WorkError::EventNotFound(event_id.clone()))?;
+        if event.event_status != Some(EventStatus::Pending) {
+            return Ok(WorkDone::AlreadyClosed);
+        }
+        let offer = offer
+            .filter(|o| {
+                o.organization_id
+                    .as_deref()
+                    .is_none_or(|o| o == org.as_str())
+            })
+            .ok_or_else(|| WorkError::OfferGone(offer_id.clone()))?;
+
+        // Where each named delivery stands now.
+        let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
+        let ledger = self.store.deliveries(&org, &event_id, &keys).await?;
+        let mut unconfirmed = Vec::new();
+        let mut settled: HashSet<String> = HashSet::new();
+        for mut d in ledger {
+            let key = d.key();
+            match d.status {
+                DeliveryStatus::Queued => continue,
+                DeliveryStatus::Sending => {
+                    unconfirm(
+                        &mut d,
+                        "an earlier receive of this message stopped between sending and recording",
+                    );
+                    unconfirmed.push(d);
+                }
+                _ => {}
+            }
+            settled.insert(key);
+        }
+        if !unconfirmed.is_empty() {
+            self.store
+                .save_deliveries(&org, &event_id, &unconfirmed)
+                .await?;
+        }
+        let wanted: Vec<&crate::ports::WorkItem> = batch
+            .deliveries
+            .iter()
+            .filter(|i| !settled.contains(&i.key()))
+            .collect();
+
+        // Plan again, for the wanted deliveries only: contacts and settings
+        // are read now, and the content rendered now.
+        let in_event: HashSet<&str> = event
+            .contact_ids
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let in_cc: HashSet<&str> = event
+            .cc_contact_ids
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let mut recipient_ids: Vec<String> = Vec::new();
+        let mut cc_ids: Vec<String> = Vec::new();
+        for c in wanted.iter().filter_map(|i| i.contact_id.as_deref()) {
+            if in_event.contains(c) {
+                if !recipient_ids.iter().any(|r| r == c) {
+                    recipient_ids.push(c.to_owned());
+                }
+            } else if in_cc.contains(c) && !cc_ids.iter().any(|r| r == c) {
+                cc_ids.push(c.to_owned());
+            }
+        }
+        let lookup: Vec<ContactId> = recipient_ids
+            .iter()
+            .chain(&cc_ids)
+            .filter_map(|c| ContactId::parse(c).ok())
+            .collect();
+        let contacts = if lookup.is_empty() {
+            Vec::new()
+        } else {
+            self.store.contacts(&org, &lookup).await?
+        };
+        let recipients = Recipients {
+            ids: recipient_ids,
+            cc_ids,
+            contacts: contacts
+                .into_iter()
+                .filter(|c| c.organization_id.as_deref().is_none_or(|o| o == org.as_str()))
+                .map(|c| (c.id.clone(), c))
+                .collect(),
+        };
+        let wanted_keys: HashSet<String> = wanted.iter().map(|i| i.key()).collect();
+        let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
+        let actions: Vec<Action> = actions
+            .into_iter()
+            .filter(|a| wanted_keys.contains(&a.key()))
+            .collect();
+        let mut decided: Vec<Delivery> = decided
+            .into_iter()
+            .filter(|d| wanted_keys.contains(&d.key()))
+            .collect();
+        let covered: HashSet<String> = actions
+            .iter()
+            .map(Action::key)
+            .chain(decided.iter().map(Delivery::key))
+            .collect();
+        for item in wanted.iter().filter(|i| !covered.contains(&i.key())) {
+            decided.push(skipped(
+                item.channel.clone(),
+                item.contact_id.as_deref(),
+                "no longer planned: the contact or the organization's channels changed after the request",
+            ));
+        }
+
+        // Take the deliveries: only what is still QUEUED becomes this worker's.
+        let mut writes = decided;
+        let skipped_count = writes.len();
+        writes.extend(actions.iter().map(Action::intent));
+        let taken = self.store.replace_queued(&org, &event_id, &writes).await?;
+        let taken_actions: Vec<Action> = actions
+            .into_iter()
+            .zip(taken.iter().skip(skipped_count))
+            .filter_map(|(a, ok)| ok.then_some(a))
+            .collect();
+        let lost = taken.iter().filter(|ok| !**ok).count();
+        tracing::info!(
+            to_send = taken_actions.len(),
+            skipped = skipped_count,
+            already_taken = lost,
+            "sending a work batch"
+        );
+
+        let (_, not_started) = self
+            .send_all(&org, &event_id, taken_actions, deadline, false)
+            .await
+            .map_err(|e| match e {
+                crate::notify::NotifyError::Store(s) => WorkError::Store(s),
+                other => WorkError::Malformed(other.to_string()),
+            })?;
+        if !not_started.is_empty() {
+            // Back to QUEUED, so the message's next receive sends them.
+            let back: Vec<Delivery> = not_started
+                .iter()
+                .map(|a| {
+                    let mut d = a.intent();
+                    d.status = DeliveryStatus::Queued;
+                    d.batch = Some(batch.batch_id.clone());
+                    d
+                })
+                .collect();
+            self.store.save_deliveries(&org, &event_id, &back).await?;
+            return Err(WorkError::OutOfTime(back.len()));
+        }
+        Ok(
+            match self.complete(&org, &event_id, &batch.batch_id).await? {
+                Some(closed) => WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed)),
+                None => WorkDone::Recorded,
+            },
+        )
+    }
+
+    /// The last receive failed: every delivery of the message still QUEUED is
+    /// recorded FAILED with the reason, one left SENDING becomes UNCONFIRMED,
+    /// and the batch is completed (closing the event if it was the last).
+    async fn give_up(&self, batch: &WorkBatch, why: &WorkError) -> Result<(), StoreError> {
+        let Ok(Ids { org, event_id, .. }) = ids(batch) else {
+            return Ok(());
+        };
+        if matches!(why, WorkError::EventNotFound(_)) {
+            return Ok(());
+        }
+        let reason = format!(
+            "gave up after {} receives of its queue message: {why}",
+            self.policy.hand_off.max_receives
+        );
+        let failed: Vec<Delivery> = batch
+            .deliveries
+            .iter()
+            .map(|item| {
+                let mut d = skipped(item.channel.clone(), item.contact_id.as_deref(), reason.clone());
+                d.status = DeliveryStatus::Failed;
+                d
+            })
+            .collect();
+        self.store.replace_queued(&org, &event_id, &failed).await?;
+        let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
+        let mut left: Vec<Delivery> = self
+            .store
+            .deliveries(&org, &event_id, &keys)
+            .await?
+            .into_iter()
+            .filter(|d| d.status == DeliveryStatus::Sending)
+            .collect();
+        for d in &mut left {
+            unconfirm(d, "its queue message was abandoned after it was taken");
+        }
+        if !left.is_empty() {
+            self.store.save_deliveries(&org, &event_id, &left).await?;
+        }
+        tracing::warn!(deliveries = batch.deliveries.len(), "work message abandoned; its deliveries are recorded FAILED");
+        self.complete(&org, &event_id, &batch.batch_id).await?;
+        Ok(())
+    }
+}
