@@ -115,19 +115,24 @@ impl Config {
                     why: format!("{v:?} is not a whole number of hours from 1 to 168"),
                 })?,
         };
-        let whole = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64, ConfigError> {
+        let whole = |name: &'static str,
+                     default: u64,
+                     range: std::ops::RangeInclusive<u64>|
+         -> Result<u64, ConfigError> {
             match non_empty(name) {
                 None => Ok(default),
-                Some(v) => v.parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-                    ConfigError::Invalid {
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| ConfigError::Invalid {
                         name,
                         why: format!(
                             "{v:?} is not a whole number from {} to {}",
                             range.start(),
                             range.end()
                         ),
-                    }
-                }),
+                    }),
             }
         };
         let share = match non_empty("SYNC_BUDGET_SHARE") {
@@ -211,7 +216,10 @@ mod tests {
             ("QUEUE_MESSAGE_DELIVERIES", "25"),
         ]))
         .unwrap();
-        assert_eq!(tuned.hand_off.sync_budget, std::time::Duration::from_secs(5));
+        assert_eq!(
+            tuned.hand_off.sync_budget,
+            std::time::Duration::from_secs(5)
+        );
         assert_eq!(tuned.hand_off.deliveries_per_message, 25);
         let bad = Config::from_lookup(lookup(&[
             ("TABLE_NAME", "t"),

@@ -245,7 +245,7 @@ impl EventStore for MemoryStore {
         org: &OrgId,
         event_id: &str,
     ) -> Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError> {
-        self.check(StoreOp::ReadOffer)?;
+        self.check(StoreOp::ReadEvent)?;
         Ok(self
             .event(org.as_str(), event_id)
             .map(|e| (e, self.deliveries(event_id))))
@@ -340,9 +340,7 @@ impl EventStore for MemoryStore {
                 Ok(true)
             }
             Some(_) => Ok(false),
-            None => Err(StoreError::Conflict {
-                op: "close event",
-            }),
+            None => Err(StoreError::Conflict { op: "close event" }),
         }
     }
 }

@@ -765,7 +765,9 @@ where
                         recorded.push(d);
                     }
                     if !unconfirmed.is_empty() {
-                        self.store.save_deliveries(&cmd.org_id, &event_id, &unconfirmed).await?;
+                        self.store
+                            .save_deliveries(&cmd.org_id, &event_id, &unconfirmed)
+                            .await?;
                     }
                     let before = actions.len();
                     actions.retain(|a| !settled.contains(&a.key()));
@@ -899,7 +901,11 @@ where
         self.store.save_deliveries(org, &event_id, &ledger).await?;
         let ids: Vec<String> = batches.iter().map(|b| b.batch_id.clone()).collect();
         self.store.open_batches(org, &event_id, &ids).await?;
-        tracing::info!(queued, messages = batches.len(), "handing off to the work queue");
+        tracing::info!(
+            queued,
+            messages = batches.len(),
+            "handing off to the work queue"
+        );
         self.enqueue(queue, org, event, batches).await
     }
 
@@ -931,7 +937,9 @@ where
         }
         let event_id = event.event_id.clone().unwrap_or_default();
         let ids: Vec<String> = grouped.keys().cloned().collect();
-        self.store.open_batches(&cmd.org_id, &event_id, &ids).await?;
+        self.store
+            .open_batches(&cmd.org_id, &event_id, &ids)
+            .await?;
         let batches = grouped
             .into_iter()
             .map(|(batch_id, deliveries)| WorkBatch {
@@ -969,7 +977,11 @@ where
                 .deliveries
                 .iter()
                 .map(|item| {
-                    let mut d = skipped(item.channel.clone(), item.contact_id.as_deref(), reason.clone());
+                    let mut d = skipped(
+                        item.channel.clone(),
+                        item.contact_id.as_deref(),
+                        reason.clone(),
+                    );
                     d.status = DeliveryStatus::Failed;
                     d
                 })
@@ -980,7 +992,11 @@ where
             }
         }
         if refused > 0 {
-            tracing::warn!(refused, queued = batches.len() - refused, "some work batches were not queued");
+            tracing::warn!(
+                refused,
+                queued = batches.len() - refused,
+                "some work batches were not queued"
+            );
         }
         Ok(closed.unwrap_or(event))
     }
@@ -994,7 +1010,12 @@ where
         batch_id: &str,
     ) -> Result<Option<NotificationEvent>, StoreError> {
         let progress = self.store.complete_batch(org, event_id, batch_id).await?;
-        tracing::debug!(batch = batch_id, removed = progress.removed, remaining = progress.remaining, "work batch completed");
+        tracing::debug!(
+            batch = batch_id,
+            removed = progress.removed,
+            remaining = progress.remaining,
+            "work batch completed"
+        );
         if progress.remaining > 0 {
             return Ok(None);
         }

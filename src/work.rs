@@ -228,7 +228,11 @@ where
             cc_ids,
             contacts: contacts
                 .into_iter()
-                .filter(|c| c.organization_id.as_deref().is_none_or(|o| o == org.as_str()))
+                .filter(|c| {
+                    c.organization_id
+                        .as_deref()
+                        .is_none_or(|o| o == org.as_str())
+                })
                 .map(|c| (c.id.clone(), c))
                 .collect(),
         };
@@ -296,7 +300,9 @@ where
         }
         Ok(
             match self.complete(&org, &event_id, &batch.batch_id).await? {
-                Some(closed) => WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed)),
+                Some(closed) => {
+                    WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed))
+                }
                 None => WorkDone::Recorded,
             },
         )
@@ -320,7 +326,11 @@ where
             .deliveries
             .iter()
             .map(|item| {
-                let mut d = skipped(item.channel.clone(), item.contact_id.as_deref(), reason.clone());
+                let mut d = skipped(
+                    item.channel.clone(),
+                    item.contact_id.as_deref(),
+                    reason.clone(),
+                );
                 d.status = DeliveryStatus::Failed;
                 d
             })
@@ -340,7 +350,10 @@ where
         if !left.is_empty() {
             self.store.save_deliveries(&org, &event_id, &left).await?;
         }
-        tracing::warn!(deliveries = batch.deliveries.len(), "work message abandoned; its deliveries are recorded FAILED");
+        tracing::warn!(
+            deliveries = batch.deliveries.len(),
+            "work message abandoned; its deliveries are recorded FAILED"
+        );
         self.complete(&org, &event_id, &batch.batch_id).await?;
         Ok(())
     }

@@ -17,8 +17,8 @@ use crate::ports::{
     BatchProgress, Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStore,
     KeyOutcome, OfferStore, StoreError,
 };
-use futures::StreamExt;
 use crate::tracking::{Open, OpenTracker, Recorded, apply_open};
+use futures::StreamExt;
 
 /// BatchGetItem takes at most 100 keys, BatchWriteItem 25 items.
 const BATCH_GET_MAX: usize = 100;
@@ -151,10 +151,8 @@ impl DynamoStore {
         condition: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<(), StoreError> {
-        let values: HashMap<String, AttributeValue> = values
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let values: HashMap<String, AttributeValue> =
+            values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
         item.extend(key(pk, sk));
         let result = self

@@ -33,7 +33,11 @@ impl SqsQueue {
             chunk.iter().map(serde_json::to_string).collect();
         for (i, body) in bodies.iter().enumerate() {
             if body.is_err() {
-                results[i] = Some(Err(refusal("InvalidMessage", "the message could not be encoded", true)));
+                results[i] = Some(Err(refusal(
+                    "InvalidMessage",
+                    "the message could not be encoded",
+                    true,
+                )));
             }
         }
         for attempt in 0..ATTEMPTS {
@@ -66,15 +70,26 @@ impl SqsQueue {
             {
                 Ok(out) => {
                     for ok in out.successful() {
-                        if let Some(i) = ok.id().parse::<usize>().ok().filter(|i| *i < chunk.len()) {
+                        if let Some(i) = ok.id().parse::<usize>().ok().filter(|i| *i < chunk.len())
+                        {
                             results[i] = Some(Ok(()));
                         }
                     }
                     for failed in out.failed() {
-                        let Some(i) = failed.id().parse::<usize>().ok().filter(|i| *i < chunk.len()) else {
+                        let Some(i) = failed
+                            .id()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|i| *i < chunk.len())
+                        else {
                             continue;
                         };
-                        tracing::warn!(code = failed.code(), sender_fault = failed.sender_fault(), attempt, "SQS refused a work message");
+                        tracing::warn!(
+                            code = failed.code(),
+                            sender_fault = failed.sender_fault(),
+                            attempt,
+                            "SQS refused a work message"
+                        );
                         // A sender fault will not heal by retrying; SQS's own may.
                         if failed.sender_fault() || last {
                             results[i] = Some(Err(refusal(
@@ -99,7 +114,11 @@ impl SqsQueue {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(refusal("NoAnswer", "SQS did not report this entry", false))))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(refusal("NoAnswer", "SQS did not report this entry", false))
+                })
+            })
             .collect()
     }
 }
@@ -114,7 +133,10 @@ fn refusal(code: &str, message: &str, permanent: bool) -> SendError {
 }
 
 impl WorkQueue for SqsQueue {
-    fn enqueue<'a>(&'a self, batches: &'a [WorkBatch]) -> BoxFuture<'a, Vec<Result<(), SendError>>> {
+    fn enqueue<'a>(
+        &'a self,
+        batches: &'a [WorkBatch],
+    ) -> BoxFuture<'a, Vec<Result<(), SendError>>> {
         Box::pin(async move {
             let mut results = Vec::with_capacity(batches.len());
             // A few calls in flight at once: 100 messages take about 3 round trips.
@@ -122,9 +144,10 @@ impl WorkQueue for SqsQueue {
                 .chunks(SEND_BATCH_MAX)
                 .map(|chunk| self.send_chunk(chunk))
                 .collect();
-            let answers: Vec<Vec<Result<(), SendError>>> =
-                futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(calls), 4))
-                    .await;
+            let answers: Vec<Vec<Result<(), SendError>>> = futures::StreamExt::collect(
+                futures::StreamExt::buffered(futures::stream::iter(calls), 4),
+            )
+            .await;
             for a in answers {
                 results.extend(a);
             }

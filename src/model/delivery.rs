@@ -21,7 +21,8 @@ pub enum DeliveryStatus {
     Sending,
     /// Found `SENDING` by a resumed run: the provider may or may not have
     /// accepted it, and it is not sent again (at most once per recipient).
-    Unconfirmed,    /// Handed to the work queue, not yet taken by a worker (`batch` names
+    Unconfirmed,
+    /// Handed to the work queue, not yet taken by a worker (`batch` names
     /// the queue message that carries it).
     Queued,
 }
@@ -49,7 +50,10 @@ pub struct Delivery {
 impl Delivery {
     /// True once nothing more will happen to it: sent, skipped, failed or unconfirmed.
     pub fn is_settled(&self) -> bool {
-        !matches!(self.status, DeliveryStatus::Queued | DeliveryStatus::Sending)
+        !matches!(
+            self.status,
+            DeliveryStatus::Queued | DeliveryStatus::Sending
+        )
     }
     /// The delivery's key inside its event: channel and recipient.
     pub fn key(&self) -> String {
