@@ -228,12 +228,20 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
             }
         }
         Incoming::Sqs(records) => {
-            let answer = work_batch(use_case, records, deadline(&context)).await;
+            let (answer, recorded) = work_batch(use_case, records, deadline(&context)).await;
+            // The per-channel delivery metrics of this invocation's messages.
+            let (summary, _, _) = crate::notify::summarise(&recorded);
+            let mut info = serde_json::Map::new();
+            info.insert("deliverySummary".into(), Value::Object(summary));
+            let tally = crate::model::NotificationEvent {
+                info: Some(info),
+                ..Default::default()
+            };
             (
                 Ok(answer),
                 Outcome {
                     label: "work",
-                    event: None,
+                    event: Some(tally),
                 },
             )
         }
@@ -281,27 +289,29 @@ async fn work_batch<U: Work>(
     worker: &U,
     records: Vec<SqsRecord>,
     deadline: Option<std::time::Instant>,
-) -> Value {
+) -> (Value, Vec<crate::model::Delivery>) {
     let runs = records.into_iter().map(|r| async move {
         let batch = match serde_json::from_str::<WorkBatch>(&r.body) {
             Ok(b) => b,
             Err(_) => {
                 tracing::error!(sqs_message_id = %r.message_id, receive_count = r.receive_count, "work message is not a work batch; left for the dead-letter queue");
-                return Some(r.message_id);
+                return Err(r.message_id);
             }
         };
         match worker.work(batch, r.receive_count, deadline).await {
-            Ok(_) => None,
-            Err(_) => Some(r.message_id),
+            Ok(w) => Ok(w.recorded),
+            Err(_) => Err(r.message_id),
         }
     });
-    let failed: Vec<Value> = futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .map(|id| json!({"itemIdentifier": id}))
-        .collect();
-    json!({ "batchItemFailures": failed })
+    let mut failed: Vec<Value> = Vec::new();
+    let mut recorded = Vec::new();
+    for result in futures::future::join_all(runs).await {
+        match result {
+            Ok(r) => recorded.extend(r),
+            Err(id) => failed.push(json!({"itemIdentifier": id})),
+        }
+    }
+    (json!({ "batchItemFailures": failed }), recorded)
 }
 
 /// Applies the opens among SES events; everything else is counted and dropped.

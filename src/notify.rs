@@ -522,7 +522,7 @@ where
 }
 
 /// Counts per channel and status, and the final status of the event.
-fn summarise(
+pub fn summarise(
     deliveries: &[Delivery],
 ) -> (Map<String, Value>, EventStatus, Vec<NotificationChannel>) {
     let mut per_channel: Map<String, Value> = Map::new();

@@ -33,6 +33,14 @@ pub enum WorkDone {
     AlreadyClosed,
 }
 
+/// One message's work: what became of it, and the deliveries it recorded
+/// (for the invocation's metrics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worked {
+    pub done: WorkDone,
+    pub recorded: Vec<Delivery>,
+}
+
 /// Why a work message must be delivered again (or, at the last receive, go
 /// to the dead-letter queue).
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +65,7 @@ pub trait Work: Send + Sync {
         batch: WorkBatch,
         receive_count: u32,
         deadline: Option<std::time::Instant>,
-    ) -> impl Future<Output = Result<WorkDone, WorkError>> + Send;
+    ) -> impl Future<Output = Result<Worked, WorkError>> + Send;
 }
 
 impl<S, M, P, T> Work for Notifier<S, M, P, T>
@@ -72,12 +80,12 @@ where
         batch: WorkBatch,
         receive_count: u32,
         deadline: Option<std::time::Instant>,
-    ) -> Result<WorkDone, WorkError> {
+    ) -> Result<Worked, WorkError> {
         let span = tracing::info_span!("work", event_id = %batch.event_id, batch = %batch.batch_id, receive_count);
         async move {
             let result = self.work_once(&batch, deadline).await;
             match &result {
-                Ok(done) => tracing::info!(?done, "work message done"),
+                Ok(w) => tracing::info!(done = ?w.done, recorded = w.recorded.len(), "work message done"),
                 Err(e) => tracing::warn!(error = %crate::error_chain(e), "work message failed; it will be delivered again"),
             }
             let last = receive_count >= self.policy.hand_off.max_receives;
@@ -134,7 +142,7 @@ where
         &self,
         batch: &WorkBatch,
         deadline: Option<std::time::Instant>,
-    ) -> Result<WorkDone, WorkError> {
+    ) -> Result<Worked, WorkError> {
         let Ids {
             org,
             offer: offer_id,
@@ -147,7 +155,10 @@ where
         )?;
         let event = event.ok_or_else(|| WorkError::EventNotFound(event_id.clone()))?;
         if event.event_status != Some(EventStatus::Pending) {
-            return Ok(WorkDone::AlreadyClosed);
+            return Ok(Worked {
+                done: WorkDone::AlreadyClosed,
+                recorded: Vec::new(),
+            });
         }
         let offer = offer
             .filter(|o| {
@@ -264,6 +275,12 @@ where
         let skipped_count = writes.len();
         writes.extend(actions.iter().map(Action::intent));
         let taken = self.store.replace_queued(&org, &event_id, &writes).await?;
+        let mut recorded: Vec<Delivery> = writes
+            .iter()
+            .zip(&taken)
+            .take(skipped_count)
+            .filter_map(|(d, ok)| ok.then(|| d.clone()))
+            .collect();
         let taken_actions: Vec<Action> = actions
             .into_iter()
             .zip(taken.iter().skip(skipped_count))
@@ -277,7 +294,7 @@ where
             "sending a work batch"
         );
 
-        let (_, not_started) = self
+        let (sent, not_started) = self
             .send_all(&org, &event_id, taken_actions, deadline, false)
             .await
             .map_err(|e| match e {
@@ -298,14 +315,12 @@ where
             self.store.save_deliveries(&org, &event_id, &back).await?;
             return Err(WorkError::OutOfTime(back.len()));
         }
-        Ok(
-            match self.complete(&org, &event_id, &batch.batch_id).await? {
-                Some(closed) => {
-                    WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed))
-                }
-                None => WorkDone::Recorded,
-            },
-        )
+        recorded.extend(sent);
+        let done = match self.complete(&org, &event_id, &batch.batch_id).await? {
+            Some(closed) => WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed)),
+            None => WorkDone::Recorded,
+        };
+        Ok(Worked { done, recorded })
     }
 
     /// The last receive failed: every delivery of the message still QUEUED is

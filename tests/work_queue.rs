@@ -50,7 +50,7 @@ fn count(ds: &[Delivery], status: DeliveryStatus) -> usize {
 }
 
 /// Runs every queued message once (first receive); answers what each did.
-async fn drain(r: &Rig) -> Vec<Result<WorkDone, WorkError>> {
+async fn drain(r: &Rig) -> Vec<Result<notify_offer_contacts::work::Worked, WorkError>> {
     let mut out = Vec::new();
     for m in r.queue.drain() {
         out.push(r.n.work(m, 1, None).await);
@@ -95,7 +95,7 @@ async fn a_large_request_is_handed_off_and_the_last_batch_closes_the_event_once(
 
     let mut outcomes = Vec::new();
     for m in messages {
-        outcomes.push(r.n.work(m, 1, None).await.unwrap());
+        outcomes.push(r.n.work(m, 1, None).await.unwrap().done);
     }
     assert_eq!(
         outcomes
@@ -127,11 +127,13 @@ async fn a_redelivered_or_duplicated_message_never_sends_again() {
         r.n.work(messages[0].clone(), 1, None),
         r.n.work(messages[0].clone(), 1, None)
     );
-    assert!(a.is_ok() && b.is_ok());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Between them they recorded each of the message's 10 deliveries once.
+    assert_eq!(a.recorded.len() + b.recorded.len(), 10);
     assert_eq!(r.provider.emails().len() + r.provider.sms().len(), 10);
     // Message 0 again later (redelivered after its worker died before deleting it).
     assert_eq!(
-        r.n.work(messages[0].clone(), 2, None).await.unwrap(),
+        r.n.work(messages[0].clone(), 2, None).await.unwrap().done,
         WorkDone::Recorded
     );
     assert_eq!(r.provider.emails().len() + r.provider.sms().len(), 10);
@@ -145,7 +147,7 @@ async fn a_redelivered_or_duplicated_message_never_sends_again() {
     // Every message again, after the close: nothing sent, nothing reopened.
     for m in &messages {
         assert_eq!(
-            r.n.work(m.clone(), 3, None).await.unwrap(),
+            r.n.work(m.clone(), 3, None).await.unwrap().done,
             WorkDone::AlreadyClosed
         );
     }
@@ -169,7 +171,7 @@ async fn a_delivery_left_sending_by_a_dead_worker_is_unconfirmed_not_resent() {
     taken.batch = None;
     r.store.put_delivery(&id, taken);
     assert_eq!(
-        r.n.work(messages[0].clone(), 2, None).await.unwrap(),
+        r.n.work(messages[0].clone(), 2, None).await.unwrap().done,
         WorkDone::Closed(EventStatus::Failed)
     );
     assert!(
