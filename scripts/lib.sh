@@ -27,12 +27,15 @@ start_moto() {
 # start_function PORT [KEY=VALUE...]: the function under cargo lambda watch, talking to $MOTO.
 start_function() {
   local port=$1; shift
-  cargo build --quiet --bin notify-offer-contacts   # so that no request waits for a compile
+  # WATCH_ARGS: more options for cargo lambda watch (e.g. --release --concurrency 2).
+  local profile=(); [[ " ${WATCH_ARGS:-} " == *" --release "* ]] && profile=(--release)
+  cargo build --quiet "${profile[@]}" --bin notify-offer-contacts   # so that no request waits for a compile
   { echo "TABLE_NAME=notify-demo"; echo "SENDER_EMAIL=$SENDER"; echo "AWS_ENDPOINT_URL=$MOTO"
     echo "AWS_REGION=us-east-1"; echo "AWS_ACCESS_KEY_ID=test"; echo "AWS_SECRET_ACCESS_KEY=test"
     for kv in "$@"; do echo "$kv"; done; } > "$LOCAL_DIR/function.env"
   # --ignore-changes: no reloads mid-run (a file written in the tree must not restart the function).
-  PATH="$PWD/.venv/bin:$PATH" setsid cargo lambda watch --ignore-changes --env-file "$LOCAL_DIR/function.env" \
+  # shellcheck disable=SC2086
+  PATH="$PWD/.venv/bin:$PATH" setsid cargo lambda watch --ignore-changes ${WATCH_ARGS:-} --env-file "$LOCAL_DIR/function.env" \
     -A 127.0.0.1 -P "$port" > "$LOCAL_DIR/lambda.log" 2>&1 & _pids+=($!)
   wait_for "http://127.0.0.1:$port/" 120 "cargo lambda watch"
   FUNCTION_URL="http://127.0.0.1:$port/lambda-url/notify-offer-contacts"

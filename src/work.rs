@@ -279,7 +279,8 @@ where
             .iter()
             .zip(&taken)
             .take(skipped_count)
-            .filter_map(|(d, ok)| ok.then(|| d.clone()))
+            .filter(|(_, ok)| **ok)
+            .map(|(d, _)| d.clone())
             .collect();
         let taken_actions: Vec<Action> = actions
             .into_iter()
