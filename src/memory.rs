@@ -167,6 +167,16 @@ impl OfferStore for MemoryStore {
             .get(&(org.to_string(), offer.to_string()))
             .cloned())
     }
+    async fn offer_details(
+        &self,
+        org: &OrgId,
+        offer: &OfferId,
+    ) -> Result<Option<Offer>, StoreError> {
+        Ok(self.offer(org, offer).await?.map(|mut o| {
+            o.contact_ids.clear();
+            o
+        }))
+    }
     async fn settings(&self, org: &OrgId) -> Result<NotificationSettings, StoreError> {
         self.check(StoreOp::ReadSettings)?;
         Ok(self.settings.get(org.as_str()).cloned().unwrap_or_default())
@@ -254,9 +264,18 @@ impl EventStore for MemoryStore {
         &self,
         org: &OrgId,
         event_id: &str,
+        lists: bool,
     ) -> Result<Option<NotificationEvent>, StoreError> {
         self.check(StoreOp::ReadEvent)?;
-        Ok(MemoryStore::event(self, org.as_str(), event_id))
+        Ok(
+            MemoryStore::event(self, org.as_str(), event_id).map(|mut e| {
+                if !lists {
+                    e.contact_ids = None;
+                    e.contact_emails = None;
+                }
+                e
+            }),
+        )
     }
     async fn deliveries(
         &self,
@@ -289,10 +308,8 @@ impl EventStore for MemoryStore {
                         ledger[i] = d.clone();
                         true
                     }
-                    None => {
-                        ledger.push(d.clone());
-                        true
-                    }
+                    // Only what the request put in the ledger can be taken.
+                    None => false,
                 }
             })
             .collect())

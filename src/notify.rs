@@ -873,10 +873,7 @@ where
                 batch_id,
                 deliveries: chunk
                     .iter()
-                    .map(|a| WorkItem {
-                        channel: a.channel(),
-                        contact_id: a.contact_id(),
-                    })
+                    .map(|a| work_item(&event, a.channel(), a.contact_id()))
                     .collect(),
             });
         }
@@ -926,10 +923,11 @@ where
         let mut grouped: std::collections::BTreeMap<String, Vec<WorkItem>> = Default::default();
         for d in ledger.iter().filter(|d| d.status == DeliveryStatus::Queued) {
             if let Some(batch) = &d.batch {
-                grouped.entry(batch.clone()).or_default().push(WorkItem {
-                    channel: d.channel.clone(),
-                    contact_id: d.contact_id.clone(),
-                });
+                grouped.entry(batch.clone()).or_default().push(work_item(
+                    &event,
+                    d.channel.clone(),
+                    d.contact_id.clone(),
+                ));
             }
         }
         if grouped.is_empty() {
@@ -1169,6 +1167,24 @@ where
         self.store.save_deliveries(org, event_id, &batch).await?;
         recorded.append(unrecorded);
         Ok(())
+    }
+}
+
+/// One delivery as a queue message names it; a contact of the settings'
+/// `ccContactIds` is marked as such (it gets the email copy only).
+fn work_item(
+    event: &NotificationEvent,
+    channel: NotificationChannel,
+    contact_id: Option<String>,
+) -> WorkItem {
+    let cc = channel == NotificationChannel::Email
+        && contact_id
+            .as_ref()
+            .is_some_and(|c| event.cc_contact_ids.iter().flatten().any(|x| x == c));
+    WorkItem {
+        channel,
+        contact_id,
+        cc,
     }
 }
 

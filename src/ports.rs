@@ -59,6 +59,13 @@ pub trait OfferStore: Send + Sync {
         org: &OrgId,
         offer: &OfferId,
     ) -> impl Future<Output = Result<Option<Offer>, StoreError>> + Send;
+    /// The offer without its contact list: what rendering needs, read without
+    /// the list's size (a worker reads it once per queue message).
+    fn offer_details(
+        &self,
+        org: &OrgId,
+        offer: &OfferId,
+    ) -> impl Future<Output = Result<Option<Offer>, StoreError>> + Send;
     /// The organisation's notification settings (the defaults when it has none).
     fn settings(
         &self,
@@ -169,11 +176,14 @@ pub trait EventStore: Send + Sync {
         event_id: &str,
     ) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send;
 
-    /// The stored event alone (a consistent read), when it exists.
+    /// The stored event alone (a consistent read), when it exists. With
+    /// `lists` false, without `contactIds` and `contactEmails`, which grow
+    /// with the recipients (a worker reads it once per queue message).
     fn event(
         &self,
         org: &OrgId,
         event_id: &str,
+        lists: bool,
     ) -> impl Future<Output = Result<Option<NotificationEvent>, StoreError>> + Send;
     /// The ledger entries of `keys` (`Delivery::key`) that exist (a consistent read).
     fn deliveries(
@@ -182,9 +192,10 @@ pub trait EventStore: Send + Sync {
         event_id: &str,
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
-    /// Writes each delivery only where the ledger holds it as `QUEUED` (or
-    /// not at all): the answer says, in order, which were written. This is how
-    /// a worker takes a queued delivery, so two workers never both send it.
+    /// Writes each delivery only where the ledger holds it as `QUEUED`: the
+    /// answer says, in order, which were written. This is how a worker takes a
+    /// queued delivery, so two workers never both send it, and no message can
+    /// make a worker send what the request did not put in the ledger.
     fn replace_queued(
         &self,
         org: &OrgId,
@@ -231,6 +242,9 @@ pub struct WorkItem {
     pub channel: crate::model::NotificationChannel,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact_id: Option<String>,
+    /// The contact gets a copy as one of the settings' `ccContactIds`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cc: bool,
 }
 
 impl WorkItem {
@@ -320,6 +334,9 @@ macro_rules! delegate {
             fn offer(&self, org: &OrgId, offer: &OfferId) -> impl Future<Output = Result<Option<Offer>, StoreError>> + Send {
                 (**self).offer(org, offer)
             }
+            fn offer_details(&self, org: &OrgId, offer: &OfferId) -> impl Future<Output = Result<Option<Offer>, StoreError>> + Send {
+                (**self).offer_details(org, offer)
+            }
             fn settings(&self, org: &OrgId) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send {
                 (**self).settings(org)
             }
@@ -342,8 +359,8 @@ macro_rules! delegate {
             fn event_with_deliveries(&self, org: &OrgId, event_id: &str) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send {
                 (**self).event_with_deliveries(org, event_id)
             }
-            fn event(&self, org: &OrgId, event_id: &str) -> impl Future<Output = Result<Option<NotificationEvent>, StoreError>> + Send {
-                (**self).event(org, event_id)
+            fn event(&self, org: &OrgId, event_id: &str, lists: bool) -> impl Future<Output = Result<Option<NotificationEvent>, StoreError>> + Send {
+                (**self).event(org, event_id, lists)
             }
             fn deliveries(&self, org: &OrgId, event_id: &str, keys: &[String]) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send {
                 (**self).deliveries(org, event_id, keys)

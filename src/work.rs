@@ -148,9 +148,12 @@ where
             offer: offer_id,
             event_id,
         } = ids(batch)?;
+        // The topic delivery publishes the whole event; the others need only
+        // its head (reads that do not grow with the recipients).
+        let whole = batch.deliveries.iter().any(|i| i.contact_id.is_none());
         let (event, offer, settings) = tokio::try_join!(
-            self.store.event(&org, &event_id),
-            self.store.offer(&org, &offer_id),
+            self.store.event(&org, &event_id, whole),
+            self.store.offer_details(&org, &offer_id),
             self.store.settings(&org)
         )?;
         let event = event.ok_or_else(|| WorkError::EventNotFound(event_id.clone()))?;
@@ -201,27 +204,19 @@ where
 
         // Plan again, for the wanted deliveries only: contacts and settings
         // are read now, and the content rendered now.
-        let in_event: HashSet<&str> = event
-            .contact_ids
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
-        let in_cc: HashSet<&str> = event
-            .cc_contact_ids
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
         let mut recipient_ids: Vec<String> = Vec::new();
         let mut cc_ids: Vec<String> = Vec::new();
-        for c in wanted.iter().filter_map(|i| i.contact_id.as_deref()) {
-            if in_event.contains(c) {
-                if !recipient_ids.iter().any(|r| r == c) {
-                    recipient_ids.push(c.to_owned());
-                }
-            } else if in_cc.contains(c) && !cc_ids.iter().any(|r| r == c) {
-                cc_ids.push(c.to_owned());
+        for item in &wanted {
+            let Some(c) = item.contact_id.as_deref() else {
+                continue;
+            };
+            let list = if item.cc {
+                &mut cc_ids
+            } else {
+                &mut recipient_ids
+            };
+            if !list.iter().any(|r| r == c) {
+                list.push(c.to_owned());
             }
         }
         let lookup: Vec<ContactId> = recipient_ids

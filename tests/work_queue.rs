@@ -369,3 +369,102 @@ async fn the_estimate_follows_the_rates_and_the_budget_decides() {
     assert_eq!(event.event_status, Some(EventStatus::Pending));
     assert_eq!(r.queue.len(), 4);
 }
+
+#[tokio::test]
+async fn a_message_can_only_send_what_the_request_queued() {
+    // 3 contacts on the offer; the request (threshold 1) queues c0 and c1 only.
+    let r = rig(3, 1);
+    let listed = NotifyCommand {
+        contact_ids: Some(ContactIdList::parse(&["c0", "c1"]).unwrap()),
+        ..all()
+    };
+    let event = r.n.notify(listed).await.unwrap();
+    let id = event.event_id.unwrap();
+    let mut messages = r.queue.drain();
+    assert_eq!(messages.len(), 1);
+    // A forged or corrupted message adds c2 (a contact of the org, on the
+    // offer, not in this event) and a topic delivery.
+    let mut forged = messages.remove(0);
+    for item in forged.deliveries.clone() {
+        let mut other = item.clone();
+        other.contact_id = Some("c2".into());
+        forged.deliveries.push(other);
+    }
+    forged
+        .deliveries
+        .push(notify_offer_contacts::ports::WorkItem {
+            channel: NotificationChannel::Sns,
+            contact_id: None,
+            cc: false,
+        });
+    r.n.work(forged, 1, None).await.unwrap();
+    assert_eq!(r.provider.emails().len(), 2);
+    assert_eq!(r.provider.sms().len(), 2);
+    assert!(r.provider.published().is_empty());
+    assert!(
+        r.provider
+            .emails()
+            .iter()
+            .all(|e| !e.to.as_str().starts_with("c2@"))
+    );
+    assert!(
+        r.store
+            .deliveries(&id)
+            .iter()
+            .all(|d| d.contact_id.as_deref() != Some("c2"))
+    );
+    assert_eq!(
+        r.store.event("org1", &id).unwrap().event_status,
+        Some(EventStatus::Done)
+    );
+}
+
+#[tokio::test]
+async fn cc_contacts_get_their_email_copy_through_the_queue_too() {
+    let store = Arc::new(memory::offer_with_contacts(5, vec![]).with_settings(
+        "org1",
+        NotificationSettings {
+            channels: Some(vec![NotificationChannel::Email, NotificationChannel::Sms]),
+            cc_contact_ids: Some(vec!["c4".into()]),
+            ..NotificationSettings::default()
+        },
+    ));
+    let provider = Arc::new(MemoryProvider::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let mut n = memory::notifier(store.clone(), provider.clone(), 4);
+    n.policy.hand_off.max_sync_recipients = 1;
+    n.queue = Some(queue.clone() as Arc<dyn WorkQueue>);
+    let listed = NotifyCommand {
+        contact_ids: Some(ContactIdList::parse(&["c0", "c1", "c2"]).unwrap()),
+        ..all()
+    };
+    let event = n.notify(listed).await.unwrap();
+    assert_eq!(event.cc_contact_ids, Some(vec!["c4".to_string()]));
+    let messages = queue.drain();
+    let cc: Vec<_> = messages
+        .iter()
+        .flat_map(|m| &m.deliveries)
+        .filter(|d| d.cc)
+        .collect();
+    assert_eq!(cc.len(), 1);
+    assert_eq!(cc[0].contact_id.as_deref(), Some("c4"));
+    for m in messages {
+        n.work(m, 1, None).await.unwrap();
+    }
+    let mut to: Vec<String> = provider
+        .emails()
+        .iter()
+        .map(|e| e.to.as_str().to_owned())
+        .collect();
+    to.sort();
+    assert_eq!(
+        to,
+        [
+            "c0@buyer.example.com",
+            "c1@buyer.example.com",
+            "c2@buyer.example.com",
+            "c4@buyer.example.com"
+        ]
+    );
+    assert_eq!(provider.sms().len(), 3, "the cc contact gets no SMS");
+}

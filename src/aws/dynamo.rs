@@ -226,6 +226,32 @@ impl OfferStore for DynamoStore {
             .transpose()
     }
 
+    async fn offer_details(
+        &self,
+        org: &OrgId,
+        offer: &OfferId,
+    ) -> Result<Option<Offer>, StoreError> {
+        const OP: &str = "read offer details";
+        let item = self
+            .get_projected(
+                OP,
+                org_pk(org),
+                offer_sk(offer),
+                &[
+                    "id",
+                    "organizationID",
+                    "name",
+                    "status",
+                    "partner",
+                    "info",
+                    "expireTime",
+                ],
+            )
+            .await?;
+        item.map(|i| serde_dynamo::from_item(i).map_err(malformed(OP)))
+            .transpose()
+    }
+
     async fn settings(&self, org: &OrgId) -> Result<NotificationSettings, StoreError> {
         let item = self
             .get(
@@ -500,11 +526,20 @@ impl EventStore for DynamoStore {
         &self,
         org: &OrgId,
         event_id: &str,
+        lists: bool,
     ) -> Result<Option<NotificationEvent>, StoreError> {
-        Ok(self
-            .current_event(&org_pk(org), event_id)
-            .await?
-            .map(|(event, _)| event))
+        const OP: &str = "read event";
+        if lists {
+            return Ok(self
+                .current_event(&org_pk(org), event_id)
+                .await?
+                .map(|(event, _)| event));
+        }
+        let item = self
+            .get_projected(OP, org_pk(org), event_sk(event_id), EVENT_WITHOUT_LISTS)
+            .await?;
+        item.map(|i| serde_dynamo::from_item(i).map_err(malformed(OP)))
+            .transpose()
     }
 
     async fn deliveries(
@@ -623,6 +658,32 @@ impl EventStore for DynamoStore {
 }
 
 const CLOSE_OP: &str = "close event";
+
+/// Every attribute of an event but the lists that grow with its recipients.
+const EVENT_WITHOUT_LISTS: &[&str] = &[
+    "action",
+    "ccContactIds",
+    "channels",
+    "createdBy",
+    "customFields",
+    "entityID",
+    "entityName",
+    "entityStatus",
+    "entityType",
+    "eventID",
+    "eventStatus",
+    "info",
+    "isActionItem",
+    "lastUpdateTime",
+    "message",
+    "organizationID",
+    "partner",
+    "priority",
+    "requireAudit",
+    "timestamp",
+    "title",
+    "trackEvents",
+];
 /// Conditional writes a worker has in flight at once when taking deliveries.
 const CONDITIONAL_WRITES_IN_FLIGHT: usize = 10;
 
@@ -654,7 +715,8 @@ impl DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR #st = :queued")
+            // The entry must exist, QUEUED: a message cannot add deliveries.
+            .condition_expression("#st = :queued")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":queued", AttributeValue::S("QUEUED".into()))
             .send()
@@ -664,6 +726,33 @@ impl DynamoStore {
             Err(e) if conditional_failed(&e) => Ok(false),
             Err(e) => Err(unavailable(OP)(e)),
         }
+    }
+
+    /// A consistent GetItem of chosen attributes only.
+    async fn get_projected(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+        attributes: &[&str],
+    ) -> Result<Option<Item>, StoreError> {
+        let mut get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true);
+        let mut names = Vec::with_capacity(attributes.len());
+        for (i, a) in attributes.iter().enumerate() {
+            names.push(format!("#a{i}"));
+            get = get.expression_attribute_names(format!("#a{i}"), *a);
+        }
+        let out = get
+            .projection_expression(names.join(", "))
+            .send()
+            .await
+            .map_err(unavailable(op))?;
+        Ok(out.item)
     }
 
     async fn get_consistent(
