@@ -58,6 +58,7 @@ def event_status():
     return item["eventStatus"], item
 
 invocations = [0]
+invoke_seconds = [0.0]
 failures = [0]
 lock = threading.Lock()
 done = threading.Event()
@@ -74,7 +75,9 @@ def poller():
                     "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs",
                     "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:notify-work",
                     "awsRegion": "us-east-1"} for m in got]
+        started = time.monotonic()
         _, answer = post(f"{base}/2015-03-31/functions/notify-offer-contacts/invocations", {"Records": records})
+        took = time.monotonic() - started
         failed = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
         ok = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got) if m["MessageId"] not in failed]
         if ok:
@@ -84,6 +87,7 @@ def poller():
                 sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
         with lock:
             invocations[0] += 1
+            invoke_seconds[0] += took
             failures[0] += len(failed)
 
 threads = [threading.Thread(target=poller, daemon=True) for _ in range(pollers)]
@@ -106,9 +110,10 @@ emails = len(data.get("ses", {}).get("Message", []))
 sms = len(data.get("sns", {}).get("SMS", []))
 summary = item["info"]["deliverySummary"]
 print()
-print("| contacts | deliveries queued | messages | pollers x batch | invocations | failed messages | HTTP answer | event DONE after | emails sent | SMS sent |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-print(f"| {n} | {queued} | {messages} | {pollers} x {batch_size} | {invocations[0]} | {failures[0]} | {t_answer:.2f} s | {t_done:.1f} s | {emails} | {sms} |")
+mean_ms = invoke_seconds[0] / max(invocations[0], 1) * 1000
+print("| contacts | deliveries queued | messages | pollers x batch | invocations | mean invocation | failed messages | HTTP answer | event DONE after | emails sent | SMS sent |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+print(f"| {n} | {queued} | {messages} | {pollers} x {batch_size} | {invocations[0]} | {mean_ms:.0f} ms | {failures[0]} | {t_answer:.2f} s | {t_done:.1f} s | {emails} | {sms} |")
 print()
 print("event", event_id, "status", st, "summary", json.dumps(summary, default=int))
 assert st == "DONE", st
