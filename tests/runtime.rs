@@ -129,6 +129,15 @@ async fn the_built_binary_serves_events_under_the_runtime_emulator() {
         "{answer}"
     );
 
+    // An SQS event from the work queue: its unreadable and unknown messages
+    // are reported for redelivery, one by one.
+    let answer = invoke(port, &read_json("events/sqs-work-batch.json"));
+    assert_eq!(
+        answer["batchItemFailures"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+
     // Logs: JSON lines with the request id, and no address, number or body in clear.
     let logs = std::fs::read_to_string(&log_path).unwrap();
     let lines: Vec<Value> = logs
@@ -146,7 +155,7 @@ async fn the_built_binary_serves_events_under_the_runtime_emulator() {
     let requests: Vec<&&Value> = emf.iter().filter(|d| d.get("Requests").is_some()).collect();
     assert_eq!(
         requests.len(),
-        4,
+        5,
         "one invocation document per request: {emf:?}"
     );
     assert_eq!(
@@ -165,7 +174,10 @@ async fn the_built_binary_serves_events_under_the_runtime_emulator() {
         .iter()
         .map(|d| d["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["ok", "method_not_allowed", "bad_request", "ok"]);
+    assert_eq!(
+        outcomes,
+        ["ok", "method_not_allowed", "bad_request", "ok", "work"]
+    );
     let email = emf
         .iter()
         .find(|d| d["channel"] == "EMAIL")
