@@ -297,3 +297,74 @@ async fn the_sample_sqs_event_is_answered_with_its_message_as_a_failure() {
         ]})
     );
 }
+
+#[tokio::test]
+async fn entries_sqs_fails_are_retried_and_a_refused_one_is_recorded_failed() {
+    use common::fault_proxy::{Fault, FaultProxy};
+    let (mut env, q) = queued_env().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    let sdk = common::sdk_config(&proxy.endpoint).await;
+    env.app = notify_offer_contacts::app(&sdk, &env.config);
+
+    // SQS fails one entry on its side (SenderFault false): sent again, queued.
+    proxy.inject(
+        "SQS.SendMessageBatch",
+        Fault::FirstEntryFails {
+            sender_fault: false,
+        },
+        0,
+        1,
+    );
+    let answer = env.http("http-api-notify-all.json").await;
+    assert_eq!(answer.body["eventStatus"], "PENDING", "{}", answer.body);
+    assert_eq!(proxy.injected("SQS.SendMessageBatch"), 1);
+    assert_eq!(
+        proxy.calls("SQS.SendMessageBatch"),
+        2,
+        "the failed entry is sent again"
+    );
+    let (event, handles) = receive(&q, &q.work).await;
+    assert_eq!(handles.len(), 3, "every message queued once");
+    assert!(work(&env, event).await.is_empty());
+    settle(&q, &handles, &[]).await;
+    let id = answer.body["eventID"].as_str().unwrap();
+    assert_eq!(stored_event(&env, id).await["eventStatus"], "DONE");
+
+    // A sender fault will not heal: not sent again; its deliveries are FAILED
+    // at once, the rest go out, and the event closes FAILED naming them.
+    proxy.inject(
+        "SQS.SendMessageBatch",
+        Fault::FirstEntryFails { sender_fault: true },
+        0,
+        1,
+    );
+    let answer = env.http("http-api-notify-all.json").await;
+    assert_eq!(answer.body["eventStatus"], "PENDING", "{}", answer.body);
+    assert_eq!(
+        proxy.calls("SQS.SendMessageBatch"),
+        3,
+        "no retry of a sender fault"
+    );
+    let (event, handles) = receive(&q, &q.work).await;
+    assert_eq!(handles.len(), 2);
+    assert!(work(&env, event).await.is_empty());
+    settle(&q, &handles, &[]).await;
+    let id = answer.body["eventID"].as_str().unwrap();
+    let stored = stored_event(&env, id).await;
+    assert_eq!(stored["eventStatus"], "FAILED", "{stored}");
+    let failed: Vec<&Value> = stored["info"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "FAILED")
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not be queued: InvalidParameterValue")
+    );
+    // 2 emails from the first request, 1 from the second (the other was refused).
+    assert_eq!(env.moto.emails().len() + env.moto.sms().len(), 4 + 2);
+}

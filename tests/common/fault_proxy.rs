@@ -27,6 +27,11 @@ pub enum Fault {
     Drop,
     /// DynamoDB BatchGetItem/BatchWriteItem: answers with every entry unprocessed.
     Unprocessed,
+    /// SQS SendMessageBatch: passes on every entry but the first, and answers
+    /// that one as failed with this `SenderFault` (a real partial failure).
+    FirstEntryFails {
+        sender_fault: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -132,7 +137,12 @@ fn operation(req: &hyper::http::request::Parts, body: &[u8]) -> String {
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
     {
-        return format!("DynamoDB.{}", target.rsplit('.').next().unwrap_or(""));
+        let call = target.rsplit('.').next().unwrap_or("");
+        return if target.starts_with("AmazonSQS") {
+            format!("SQS.{call}")
+        } else {
+            format!("DynamoDB.{call}")
+        };
     }
     let path = req.uri.path();
     if path.starts_with("/v2/email/outbound-emails") {
@@ -212,6 +222,56 @@ fn injected(op: &str, fault: Fault, body: &[u8]) -> Response<Full<Bytes>> {
     }
 }
 
+/// Sends a SendMessageBatch on without its first entry; answers with that
+/// entry added to `Failed`.
+async fn first_entry_fails(
+    parts: hyper::http::request::Parts,
+    body: &[u8],
+    upstream: &str,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    sender_fault: bool,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let mut request: Value = serde_json::from_slice(body).map_err(std::io::Error::other)?;
+    let entries = request["Entries"].as_array_mut().expect("Entries");
+    let first = entries.remove(0);
+    let rest = entries.len();
+    let body = Bytes::from(request.to_string());
+    let mut forward = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{upstream}{}", parts.uri.path()));
+    for (k, v) in parts.headers.iter() {
+        if k != hyper::header::CONTENT_LENGTH {
+            forward = forward.header(k, v);
+        }
+    }
+    let mut answer: Value = if rest == 0 {
+        json!({"Successful": []})
+    } else {
+        let answer = client
+            .request(forward.body(Full::new(body)).expect("request"))
+            .await
+            .map_err(std::io::Error::other)?;
+        let bytes = answer
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)?
+    };
+    answer["Failed"] = json!([{
+        "Id": first["Id"],
+        "SenderFault": sender_fault,
+        "Code": if sender_fault { "InvalidParameterValue" } else { "InternalError" },
+        "Message": "injected by the fault proxy",
+    }]);
+    Ok(respond(
+        200,
+        &[("content-type", "application/x-amz-json-1.0")],
+        answer.to_string(),
+    ))
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
@@ -246,6 +306,9 @@ async fn handle(
             ));
         }
         Some(Fault::Slow(d)) => Some(d),
+        Some(Fault::FirstEntryFails { sender_fault }) => {
+            return first_entry_fails(parts, &body, &upstream, &client, sender_fault).await;
+        }
         Some(f) => return Ok(injected(&op, f, &body)),
         None => None,
     };
