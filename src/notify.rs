@@ -970,20 +970,7 @@ where
             let Err(e) = result else { continue };
             refused += 1;
             tracing::error!(batch = %batch.batch_id, code = %e.code, "work batch could not be queued");
-            let reason = format!("could not be queued: {e}");
-            let failed: Vec<Delivery> = batch
-                .deliveries
-                .iter()
-                .map(|item| {
-                    let mut d = skipped(
-                        item.channel.clone(),
-                        item.contact_id.as_deref(),
-                        reason.clone(),
-                    );
-                    d.status = DeliveryStatus::Failed;
-                    d
-                })
-                .collect();
+            let failed = failed_all(batch, &format!("could not be queued: {e}"));
             self.store.replace_queued(org, &event_id, &failed).await?;
             if let Some(c) = self.complete(org, &event_id, &batch.batch_id).await? {
                 closed = Some(c);
@@ -1168,6 +1155,19 @@ where
         recorded.append(unrecorded);
         Ok(())
     }
+}
+
+/// Every delivery of a queue message, recorded FAILED with `reason`.
+pub(crate) fn failed_all(batch: &WorkBatch, reason: &str) -> Vec<Delivery> {
+    batch
+        .deliveries
+        .iter()
+        .map(|item| {
+            let mut d = skipped(item.channel.clone(), item.contact_id.as_deref(), reason);
+            d.status = DeliveryStatus::Failed;
+            d
+        })
+        .collect()
 }
 
 /// One delivery as a queue message names it; a contact of the settings'

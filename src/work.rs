@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::model::{
     ContactId, Delivery, DeliveryStatus, EventStatus, IdempotencyKey, OfferId, OrgId,
 };
-use crate::notify::{Action, Notifier, Recipients, skipped, unconfirm};
+use crate::notify::{Action, Notifier, Recipients, failed_all, skipped, unconfirm};
 use crate::ports::{
     ContactStore, EventStore, IdempotencyStore, Mailer, OfferStore, SmsSender, StoreError,
     TopicPublisher, WorkBatch,
@@ -333,19 +333,7 @@ where
             "gave up after {} receives of its queue message: {why}",
             self.policy.hand_off.max_receives
         );
-        let failed: Vec<Delivery> = batch
-            .deliveries
-            .iter()
-            .map(|item| {
-                let mut d = skipped(
-                    item.channel.clone(),
-                    item.contact_id.as_deref(),
-                    reason.clone(),
-                );
-                d.status = DeliveryStatus::Failed;
-                d
-            })
-            .collect();
+        let failed = failed_all(batch, &reason);
         self.store.replace_queued(&org, &event_id, &failed).await?;
         let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
         let mut left: Vec<Delivery> = self

@@ -105,11 +105,23 @@ impl DynamoStore {
         pk: String,
         sk: String,
     ) -> Result<Option<Item>, StoreError> {
+        self.get_with(op, pk, sk, false).await
+    }
+
+    /// A GetItem; `consistent` for a strongly consistent read.
+    async fn get_with(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+        consistent: bool,
+    ) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(pk, sk)))
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(unavailable(op))?;
@@ -635,7 +647,7 @@ impl EventStore for DynamoStore {
                 // Completed before (a redelivered message): read where things stand.
                 (
                     false,
-                    self.get_consistent(OP, org_pk(org), work_sk(event_id))
+                    self.get_with(OP, org_pk(org), work_sk(event_id), true)
                         .await?,
                 )
             }
@@ -749,24 +761,6 @@ impl DynamoStore {
         }
         let out = get
             .projection_expression(names.join(", "))
-            .send()
-            .await
-            .map_err(unavailable(op))?;
-        Ok(out.item)
-    }
-
-    async fn get_consistent(
-        &self,
-        op: &'static str,
-        pk: String,
-        sk: String,
-    ) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(true)
             .send()
             .await
             .map_err(unavailable(op))?;
