@@ -116,15 +116,33 @@ impl DynamoStore {
         sk: String,
         consistent: bool,
     ) -> Result<Option<Item>, StoreError> {
-        let out = self
+        self.get_projected(op, pk, sk, consistent, &[]).await
+    }
+
+    /// A GetItem of the chosen attributes only (none chosen: the whole item).
+    async fn get_projected(
+        &self,
+        op: &'static str,
+        pk: String,
+        sk: String,
+        consistent: bool,
+        attributes: &[&str],
+    ) -> Result<Option<Item>, StoreError> {
+        let mut get = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(pk, sk)))
-            .consistent_read(consistent)
-            .send()
-            .await
-            .map_err(unavailable(op))?;
+            .consistent_read(consistent);
+        if !attributes.is_empty() {
+            let mut names = Vec::with_capacity(attributes.len());
+            for (i, a) in attributes.iter().enumerate() {
+                names.push(format!("#a{i}"));
+                get = get.expression_attribute_names(format!("#a{i}"), *a);
+            }
+            get = get.projection_expression(names.join(", "));
+        }
+        let out = get.send().await.map_err(unavailable(op))?;
         Ok(out.item)
     }
 
@@ -249,6 +267,7 @@ impl OfferStore for DynamoStore {
                 OP,
                 org_pk(org),
                 offer_sk(offer),
+                false,
                 &[
                     "id",
                     "organizationID",
@@ -548,7 +567,13 @@ impl EventStore for DynamoStore {
                 .map(|(event, _)| event));
         }
         let item = self
-            .get_projected(OP, org_pk(org), event_sk(event_id), EVENT_WITHOUT_LISTS)
+            .get_projected(
+                OP,
+                org_pk(org),
+                event_sk(event_id),
+                true,
+                EVENT_WITHOUT_LISTS,
+            )
             .await?;
         item.map(|i| serde_dynamo::from_item(i).map_err(malformed(OP)))
             .transpose()
@@ -740,33 +765,6 @@ impl DynamoStore {
         }
     }
 
-    /// A consistent GetItem of chosen attributes only.
-    async fn get_projected(
-        &self,
-        op: &'static str,
-        pk: String,
-        sk: String,
-        attributes: &[&str],
-    ) -> Result<Option<Item>, StoreError> {
-        let mut get = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(true);
-        let mut names = Vec::with_capacity(attributes.len());
-        for (i, a) in attributes.iter().enumerate() {
-            names.push(format!("#a{i}"));
-            get = get.expression_attribute_names(format!("#a{i}"), *a);
-        }
-        let out = get
-            .projection_expression(names.join(", "))
-            .send()
-            .await
-            .map_err(unavailable(op))?;
-        Ok(out.item)
-    }
-
     /// Stores an event's final state, keeping opens recorded meanwhile. With
     /// `only_pending`, only a PENDING event is replaced (`Conflict` otherwise).
     async fn store_final(
@@ -779,7 +777,6 @@ impl DynamoStore {
         } else {
             "store final event"
         };
-        const OP: &str = "store final event";
         let (pk, id) = event_key(event)?;
         let pending = AttributeValue::S("PENDING".into());
         let and_pending = if only_pending {
@@ -820,7 +817,7 @@ impl DynamoStore {
             }
             match self
                 .put_if(
-                    OP,
+                    op,
                     pk.clone(),
                     event_sk(&id),
                     &merged,
@@ -833,7 +830,10 @@ impl DynamoStore {
                 other => return other,
             }
         }
-        Err(StoreError::Conflict { op: OP })
+        // Not "closed by another": an error, so the caller (a worker) tries again.
+        Err(StoreError::Conflict {
+            op: "store final event: too many concurrent writers",
+        })
     }
 }
 
