@@ -855,40 +855,16 @@ where
     ) -> Result<NotificationEvent, NotifyError> {
         let org = &cmd.org_id;
         let event_id = event.event_id.clone().unwrap_or_default();
-        let per_message = self.policy.hand_off.deliveries_per_message.max(1);
-        let mut batches = Vec::new();
+        let (batches, queued) = self.batches(cmd, &event, actions);
         let mut ledger = decided;
-        for (n, chunk) in interleave(actions).chunks(per_message).enumerate() {
-            let batch_id = format!("b{n:05}");
-            ledger.extend(chunk.iter().map(|a| {
-                let mut d = a.intent();
-                d.status = DeliveryStatus::Queued;
-                d.batch = Some(batch_id.clone());
-                d
-            }));
-            batches.push(WorkBatch {
-                organization_id: org.to_string(),
-                event_id: event_id.clone(),
-                offer_id: cmd.offer_id.to_string(),
-                batch_id,
-                deliveries: chunk
-                    .iter()
-                    .map(|a| work_item(&event, a.channel(), a.contact_id()))
-                    .collect(),
-            });
-        }
-        let queued = ledger
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Queued)
-            .count();
+        ledger.extend(queued);
         let (summary, _, _) = summarise(&ledger);
         let mut info = Map::new();
-        info.insert("deliveryMode".into(), json!(QUEUED_MODE));
-        info.insert("queuedDeliveries".into(), json!(queued));
-        info.insert("queueMessages".into(), json!(batches.len()));
         info.insert("deliverySummary".into(), Value::Object(summary));
         info.insert("deliveryCount".into(), json!(ledger.len()));
         event.info = Some(info);
+        mark_queued(&mut event, &batches);
+        let queued = batches.iter().map(|b| b.deliveries.len()).sum::<usize>();
         // The event says QUEUED before any worker can see a message, so a
         // fast worker never finds it half-written.
         match self.store.create_event(&event).await {
@@ -902,6 +878,71 @@ where
             queued,
             messages = batches.len(),
             "handing off to the work queue"
+        );
+        self.enqueue(queue, org, event, batches).await
+    }
+
+    /// Splits actions into queue messages (channels interleaved), and the
+    /// QUEUED ledger entries that name them.
+    fn batches(
+        &self,
+        cmd: &NotifyCommand,
+        event: &NotificationEvent,
+        actions: Vec<Action>,
+    ) -> (Vec<WorkBatch>, Vec<Delivery>) {
+        let event_id = event.event_id.clone().unwrap_or_default();
+        let per_message = self.policy.hand_off.deliveries_per_message.max(1);
+        let mut batches = Vec::new();
+        let mut queued = Vec::new();
+        for (n, chunk) in interleave(actions).chunks(per_message).enumerate() {
+            let batch_id = format!("b{n:05}");
+            queued.extend(chunk.iter().map(|a| {
+                let mut d = a.intent();
+                d.status = DeliveryStatus::Queued;
+                d.batch = Some(batch_id.clone());
+                d
+            }));
+            batches.push(WorkBatch {
+                organization_id: cmd.org_id.to_string(),
+                event_id: event_id.clone(),
+                offer_id: cmd.offer_id.to_string(),
+                batch_id,
+                deliveries: chunk
+                    .iter()
+                    .map(|a| work_item(event, a.channel(), a.contact_id()))
+                    .collect(),
+            });
+        }
+        (batches, queued)
+    }
+
+    /// A synchronous run that reached the deadline with sends not started
+    /// hands them to the queue instead of leaving them for a retry: the event
+    /// is stored PENDING and QUEUED first, then the messages are sent.
+    async fn hand_off_rest(
+        &self,
+        queue: &dyn WorkQueue,
+        cmd: &NotifyCommand,
+        mut event: NotificationEvent,
+        mut recorded: Vec<Delivery>,
+        not_started: Vec<Action>,
+    ) -> Result<NotificationEvent, NotifyError> {
+        let org = &cmd.org_id;
+        let event_id = event.event_id.clone().unwrap_or_default();
+        let (batches, queued) = self.batches(cmd, &event, not_started);
+        // Their intents (SENDING) are on record: they become QUEUED, never sent here.
+        self.store.save_deliveries(org, &event_id, &queued).await?;
+        recorded.extend(queued);
+        conclude(&mut event, &recorded, 0);
+        event.event_status = Some(EventStatus::Pending);
+        mark_queued(&mut event, &batches);
+        self.store.finish_event(&event).await?;
+        let ids: Vec<String> = batches.iter().map(|b| b.batch_id.clone()).collect();
+        self.store.open_batches(org, &event_id, &ids).await?;
+        tracing::info!(
+            queued = batches.iter().map(|b| b.deliveries.len()).sum::<usize>(),
+            messages = batches.len(),
+            "deadline near: handing the rest to the work queue"
         );
         self.enqueue(queue, org, event, batches).await
     }
@@ -1047,6 +1088,13 @@ where
             .send_all(org, &event_id, actions, cmd.deadline, true)
             .await?;
         recorded.extend(sent);
+        if !not_started.is_empty() {
+            if let Some(queue) = self.queue.as_deref() {
+                return self
+                    .hand_off_rest(queue, cmd, event, recorded, not_started)
+                    .await;
+            }
+        }
         // Near the Lambda's deadline no new send starts: what remains is left
         // for a retry with the same idempotency key.
         let reason = "not started before the Lambda's deadline; a retry with the same idempotency key sends it";
@@ -1155,6 +1203,15 @@ where
         recorded.append(unrecorded);
         Ok(())
     }
+}
+
+/// Says in the event's `info` that its deliveries went to the work queue.
+fn mark_queued(event: &mut NotificationEvent, batches: &[WorkBatch]) {
+    let queued: usize = batches.iter().map(|b| b.deliveries.len()).sum();
+    let info = event.info.get_or_insert_with(Map::new);
+    info.insert("deliveryMode".into(), json!(QUEUED_MODE));
+    info.insert("queuedDeliveries".into(), json!(queued));
+    info.insert("queueMessages".into(), json!(batches.len()));
 }
 
 /// Every delivery of a queue message, recorded FAILED with `reason`.

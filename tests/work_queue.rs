@@ -468,3 +468,48 @@ async fn cc_contacts_get_their_email_copy_through_the_queue_too() {
     );
     assert_eq!(provider.sms().len(), 3, "the cc contact gets no SMS");
 }
+
+#[tokio::test]
+async fn a_synchronous_run_near_its_deadline_hands_the_rest_to_the_queue() {
+    // 6 contacts, EMAIL and SMS: small enough to start synchronously.
+    let store = Arc::new(memory::offer_with_contacts(
+        6,
+        vec![NotificationChannel::Email, NotificationChannel::Sms],
+    ));
+    // A provider slower than expected: 300 ms a send, one at a time.
+    let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(300)));
+    let queue = Arc::new(MemoryQueue::default());
+    let mut n = memory::notifier(store.clone(), provider.clone(), 1);
+    n.queue = Some(queue.clone() as Arc<dyn WorkQueue>);
+    // 3.5 s left, of which the last 3 s start nothing: time for 2 sends.
+    let cmd = NotifyCommand {
+        deadline: Some(std::time::Instant::now() + Duration::from_millis(3_500)),
+        ..all()
+    };
+    let event = n.notify(cmd).await.unwrap();
+    assert_eq!(event.event_status, Some(EventStatus::Pending));
+    let info = event.info.clone().unwrap();
+    assert_eq!(info["deliveryMode"], "QUEUED");
+    let sent_here = provider.emails().len() + provider.sms().len();
+    assert!(
+        (1..12).contains(&sent_here),
+        "{sent_here} sent before the deadline"
+    );
+    assert_eq!(info["queuedDeliveries"], 12 - sent_here);
+    let id = event.event_id.unwrap();
+    // Nothing is left SENDING: what was not started is QUEUED, not lost.
+    let ledger = store.deliveries(&id);
+    assert_eq!(count(&ledger, DeliveryStatus::Sending), 0);
+    assert_eq!(count(&ledger, DeliveryStatus::Queued), 12 - sent_here);
+
+    let mut worker = memory::notifier(store.clone(), provider.clone(), 8);
+    worker.queue = None;
+    for m in queue.drain() {
+        worker.work(m, 1, None).await.unwrap();
+    }
+    assert_eq!(provider.emails().len(), 6);
+    assert_eq!(provider.sms().len(), 6);
+    let closed = store.event("org1", &id).unwrap();
+    assert_eq!(closed.event_status, Some(EventStatus::Done));
+    assert_eq!(closed.info.unwrap()["deliverySummary"]["EMAIL"]["sent"], 6);
+}
