@@ -1088,12 +1088,12 @@ where
             .send_all(org, &event_id, actions, cmd.deadline, true)
             .await?;
         recorded.extend(sent);
-        if !not_started.is_empty() {
-            if let Some(queue) = self.queue.as_deref() {
-                return self
-                    .hand_off_rest(queue, cmd, event, recorded, not_started)
-                    .await;
-            }
+        if let Some(queue) = self.queue.as_deref()
+            && !not_started.is_empty()
+        {
+            return self
+                .hand_off_rest(queue, cmd, event, recorded, not_started)
+                .await;
         }
         // Near the Lambda's deadline no new send starts: what remains is left
         // for a retry with the same idempotency key.
