@@ -86,6 +86,11 @@ pub struct HandOff {
     pub max_receives: u32,
     /// Assumed time of one provider call, for the estimate (default 100 ms).
     pub send_latency: std::time::Duration,
+    /// How long a SENDING ledger entry is taken to belong to a live worker
+    /// (default 15 min, Lambda's longest timeout). A younger one found by
+    /// another receive of its message is left alone (the message is retried
+    /// later); an older one is a dead worker's, and becomes UNCONFIRMED.
+    pub sending_lease: std::time::Duration,
 }
 
 impl Default for HandOff {
@@ -96,6 +101,7 @@ impl Default for HandOff {
             deliveries_per_message: 10,
             max_receives: 5,
             send_latency: std::time::Duration::from_millis(100),
+            sending_lease: std::time::Duration::from_secs(15 * 60),
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum WorkError {
     OfferGone(OfferId),
     #[error("the invocation's deadline came before {0} deliveries could start")]
     OutOfTime(usize),
+    #[error("{0} deliveries are being sent by another receive of this message")]
+    InFlightElsewhere(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -176,10 +178,21 @@ where
         let ledger = self.store.deliveries(&org, &event_id, &keys).await?;
         let mut unconfirmed = Vec::new();
         let mut settled: HashSet<String> = HashSet::new();
+        let mut busy = 0;
+        let lease = time::Duration::try_from(self.policy.hand_off.sending_lease)
+            .unwrap_or(time::Duration::MAX);
+        let now = crate::model::event::now_millis();
+        let mut queued: HashSet<String> = HashSet::new();
         for mut d in ledger {
             let key = d.key();
             match d.status {
-                DeliveryStatus::Queued => continue,
+                DeliveryStatus::Queued => {
+                    queued.insert(key);
+                    continue;
+                }
+                // Taken moments ago: another copy of this message (SQS may deliver
+                // one twice) is sending it. Not ours to send or to settle.
+                DeliveryStatus::Sending if now - d.time < lease => busy += 1,
                 DeliveryStatus::Sending => {
                     unconfirm(
                         &mut d,
@@ -196,11 +209,20 @@ where
                 .save_deliveries(&org, &event_id, &unconfirmed)
                 .await?;
         }
+        // Only what the ledger holds as QUEUED is this message's to send; a
+        // delivery it names that the request never queued is ignored.
         let wanted: Vec<&crate::ports::WorkItem> = batch
             .deliveries
             .iter()
-            .filter(|i| !settled.contains(&i.key()))
+            .filter(|i| queued.contains(&i.key()))
             .collect();
+        let unknown = batch.deliveries.len() - wanted.len() - settled.len();
+        if unknown > 0 {
+            tracing::warn!(
+                unknown,
+                "the message names deliveries the ledger does not hold as queued; ignored"
+            );
+        }
 
         // Plan again, for the wanted deliveries only: contacts and settings
         // are read now, and the content rendered now.
@@ -282,7 +304,9 @@ where
             .zip(taken.iter().skip(skipped_count))
             .filter_map(|(a, ok)| ok.then_some(a))
             .collect();
+        // Not QUEUED any more since the ledger was read: another copy took them.
         let lost = taken.iter().filter(|ok| !**ok).count();
+        busy += lost;
         tracing::info!(
             to_send = taken_actions.len(),
             skipped = skipped_count,
@@ -312,6 +336,11 @@ where
             return Err(WorkError::OutOfTime(back.len()));
         }
         recorded.extend(sent);
+        if busy > 0 {
+            // The batch is complete only when all of it is recorded: the other
+            // copy completes it, or this message's next receive does.
+            return Err(WorkError::InFlightElsewhere(busy));
+        }
         let done = match self.complete(&org, &event_id, &batch.batch_id).await? {
             Some(closed) => WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed)),
             None => WorkDone::Recorded,

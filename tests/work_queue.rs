@@ -24,11 +24,16 @@ struct Rig {
 /// Offer o1 of org1 with `contacts` contacts, EMAIL and SMS; a queue; the
 /// hand-off threshold at `max_sync` recipients; 10 deliveries a message.
 fn rig(contacts: usize, max_sync: usize) -> Rig {
+    rig_with_latency(contacts, max_sync, Duration::ZERO)
+}
+
+/// The same, with a provider that takes `latency` a send.
+fn rig_with_latency(contacts: usize, max_sync: usize, latency: Duration) -> Rig {
     let store = Arc::new(memory::offer_with_contacts(
         contacts,
         vec![NotificationChannel::Email, NotificationChannel::Sms],
     ));
-    let provider = Arc::new(MemoryProvider::default());
+    let provider = Arc::new(MemoryProvider::with_latency(latency));
     let queue = Arc::new(MemoryQueue::default());
     let mut n = memory::notifier(store.clone(), provider.clone(), 8);
     n.policy.hand_off.max_sync_recipients = max_sync;
@@ -117,7 +122,8 @@ async fn a_large_request_is_handed_off_and_the_last_batch_closes_the_event_once(
 
 #[tokio::test]
 async fn a_redelivered_or_duplicated_message_never_sends_again() {
-    let r = rig(12, 1);
+    // Sends take 20 ms, so the second copy arrives while the first is sending.
+    let r = rig_with_latency(12, 1, Duration::from_millis(20));
     let event = r.n.notify(all()).await.unwrap();
     let id = event.event_id.unwrap();
     let messages = r.queue.drain();
@@ -127,9 +133,15 @@ async fn a_redelivered_or_duplicated_message_never_sends_again() {
         r.n.work(messages[0].clone(), 1, None),
         r.n.work(messages[0].clone(), 1, None)
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
-    // Between them they recorded each of the message's 10 deliveries once.
-    assert_eq!(a.recorded.len() + b.recorded.len(), 10);
+    // One copy took and sent all 10 and completed the batch; the other found
+    // them taken, sent nothing, and left the batch to the first (it fails, so
+    // SQS would retry it, had the first not deleted the message).
+    let (won, lost) = match (a, b) {
+        (Ok(w), Err(e)) | (Err(e), Ok(w)) => (w, e),
+        other => panic!("expected one success and one retry, got {other:?}"),
+    };
+    assert_eq!(won.recorded.len(), 10);
+    assert!(matches!(lost, WorkError::InFlightElsewhere(10)), "{lost:?}");
     assert_eq!(r.provider.emails().len() + r.provider.sms().len(), 10);
     // Message 0 again later (redelivered after its worker died before deleting it).
     assert_eq!(
@@ -169,6 +181,8 @@ async fn a_delivery_left_sending_by_a_dead_worker_is_unconfirmed_not_resent() {
         .unwrap();
     taken.status = DeliveryStatus::Sending;
     taken.batch = None;
+    // Longer ago than the lease (15 min): its worker is gone.
+    taken.time -= time::Duration::hours(1);
     r.store.put_delivery(&id, taken);
     assert_eq!(
         r.n.work(messages[0].clone(), 2, None).await.unwrap().done,
@@ -512,4 +526,41 @@ async fn a_synchronous_run_near_its_deadline_hands_the_rest_to_the_queue() {
     let closed = store.event("org1", &id).unwrap();
     assert_eq!(closed.event_status, Some(EventStatus::Done));
     assert_eq!(closed.info.unwrap()["deliverySummary"]["EMAIL"]["sent"], 6);
+}
+
+#[tokio::test]
+async fn a_delivery_another_copy_is_sending_is_left_to_it_and_the_batch_stays_open() {
+    let r = rig(5, 1);
+    let id = r.n.notify(all()).await.unwrap().event_id.unwrap();
+    let messages = r.queue.drain();
+    assert_eq!(messages.len(), 1);
+    // Another copy of the message took c0's email a moment ago and is sending it.
+    let mut taken = r
+        .store
+        .deliveries(&id)
+        .into_iter()
+        .find(|d| d.key() == "EMAIL#c0")
+        .unwrap();
+    taken.status = DeliveryStatus::Sending;
+    taken.batch = None;
+    r.store.put_delivery(&id, taken.clone());
+    let busy = r.n.work(messages[0].clone(), 1, None).await;
+    assert!(
+        matches!(busy, Err(WorkError::InFlightElsewhere(1))),
+        "{busy:?}"
+    );
+    // The rest went out; c0's email was not sent by this copy; nothing closed.
+    assert_eq!(r.provider.emails().len(), 4);
+    assert_eq!(r.provider.sms().len(), 5);
+    assert_eq!(
+        r.store.event("org1", &id).unwrap().event_status,
+        Some(EventStatus::Pending)
+    );
+    assert_eq!(r.store.open_batch_ids(&id).map(|b| b.len()), Some(1));
+    // The other copy records its outcome; the message's next receive completes the batch.
+    taken.status = DeliveryStatus::Sent;
+    r.store.put_delivery(&id, taken);
+    let done = r.n.work(messages[0].clone(), 2, None).await.unwrap();
+    assert_eq!(done.done, WorkDone::Closed(EventStatus::Done));
+    assert_eq!(r.provider.emails().len(), 4, "nothing sent again");
 }
