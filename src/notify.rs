@@ -295,23 +295,9 @@ where
             }
         }
 
-        // Stored IDs that are not valid IDs cannot be keys; they stay unresolved
-        // and their deliveries are recorded as skipped.
-        let keys: Vec<ContactId> = requested
-            .iter()
-            .chain(&cc_ids)
-            .filter_map(|id| ContactId::parse(id).ok())
-            .collect();
-        let org = cmd.org_id.as_str();
-        let contacts: HashMap<String, Contact> = self
-            .store
-            .contacts(&cmd.org_id, &keys)
-            .await?
-            .into_iter()
-            // Belt and braces: the store is keyed by org already.
-            .filter(|c| c.organization_id.as_deref().is_none_or(|o| o == org))
-            .map(|c| (c.id.clone(), c))
-            .collect();
+        let contacts = self
+            .contacts_by_id(&cmd.org_id, &requested, &cc_ids)
+            .await?;
 
         if cmd.contact_ids.as_ref().is_some_and(|l| !l.is_empty()) {
             // A listed contact that does not exist in this organisation is
@@ -333,6 +319,38 @@ where
             cc_ids,
             contacts,
         })
+    }
+
+    /// The contacts of `org` among `ids` and `cc_ids`, by ID. Stored IDs that
+    /// are not valid IDs cannot be keys; they stay unresolved, and their
+    /// deliveries are recorded as skipped.
+    pub(crate) async fn contacts_by_id(
+        &self,
+        org: &OrgId,
+        ids: &[String],
+        cc_ids: &[String],
+    ) -> Result<HashMap<String, Contact>, StoreError> {
+        let keys: Vec<ContactId> = ids
+            .iter()
+            .chain(cc_ids)
+            .filter_map(|id| ContactId::parse(id).ok())
+            .collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .store
+            .contacts(org, &keys)
+            .await?
+            .into_iter()
+            // Belt and braces: the store is keyed by org already.
+            .filter(|c| {
+                c.organization_id
+                    .as_deref()
+                    .is_none_or(|o| o == org.as_str())
+            })
+            .map(|c| (c.id.clone(), c))
+            .collect())
     }
 
     /// Turns recipients × channels into actions to perform and deliveries

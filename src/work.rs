@@ -241,28 +241,11 @@ where
                 list.push(c.to_owned());
             }
         }
-        let lookup: Vec<ContactId> = recipient_ids
-            .iter()
-            .chain(&cc_ids)
-            .filter_map(|c| ContactId::parse(c).ok())
-            .collect();
-        let contacts = if lookup.is_empty() {
-            Vec::new()
-        } else {
-            self.store.contacts(&org, &lookup).await?
-        };
+        let contacts = self.contacts_by_id(&org, &recipient_ids, &cc_ids).await?;
         let recipients = Recipients {
             ids: recipient_ids,
             cc_ids,
-            contacts: contacts
-                .into_iter()
-                .filter(|c| {
-                    c.organization_id
-                        .as_deref()
-                        .is_none_or(|o| o == org.as_str())
-                })
-                .map(|c| (c.id.clone(), c))
-                .collect(),
+            contacts,
         };
         let wanted_keys: HashSet<String> = wanted.iter().map(|i| i.key()).collect();
         let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
