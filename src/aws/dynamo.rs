@@ -181,27 +181,42 @@ impl DynamoStore {
         condition: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<(), StoreError> {
-        let values: HashMap<String, AttributeValue> =
-            values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
         item.extend(key(pk, sk));
+        match self.put_item_if(op, item, condition, &[], values).await? {
+            true => Ok(()),
+            false => Err(StoreError::Conflict { op }),
+        }
+    }
+
+    /// A conditional PutItem: `Ok(false)` when the condition did not hold.
+    async fn put_item_if(
+        &self,
+        op: &'static str,
+        item: Item,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<bool, StoreError> {
+        let names: HashMap<String, String> = names
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let values: HashMap<String, AttributeValue> =
+            values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression(condition)
+            .set_expression_attribute_names((!names.is_empty()).then_some(names))
             .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict { op })
-            }
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failed(&e) => Ok(false),
             Err(e) => Err(unavailable(op)(e)),
         }
     }
@@ -387,35 +402,26 @@ impl IdempotencyStore for DynamoStore {
         const OP: &str = "claim idempotency key";
         let mut item: Item = serde_dynamo::to_item(record).map_err(malformed(OP))?;
         item.extend(self::key(org_pk(org), idempotency_sk(key)));
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            // Free, or past its window (DynamoDB's TTL deletes late; the code does not rely on it).
-            .condition_expression("attribute_not_exists(pk) OR expiresAt < :now")
-            .expression_attribute_values(":now", AttributeValue::N(now_s.to_string()))
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(Claim::Claimed),
-            Err(e) if conditional_failed(&e) => {
-                let out = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .set_key(Some(self::key(org_pk(org), idempotency_sk(key))))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(unavailable(OP))?;
-                let held = out.item.ok_or(StoreError::Conflict { op: OP })?;
-                Ok(Claim::Existing(
-                    serde_dynamo::from_item(held).map_err(malformed(OP))?,
-                ))
-            }
-            Err(e) => Err(unavailable(OP)(e)),
+        let claimed = self
+            .put_item_if(
+                OP,
+                item,
+                // Free, or past its window (DynamoDB's TTL deletes late; the code does not rely on it).
+                "attribute_not_exists(pk) OR expiresAt < :now",
+                &[],
+                vec![(":now", AttributeValue::N(now_s.to_string()))],
+            )
+            .await?;
+        if claimed {
+            return Ok(Claim::Claimed);
         }
+        let held = self
+            .get_with(OP, org_pk(org), idempotency_sk(key), true)
+            .await?
+            .ok_or(StoreError::Conflict { op: OP })?;
+        Ok(Claim::Existing(
+            serde_dynamo::from_item(held).map_err(malformed(OP))?,
+        ))
     }
 
     async fn take_over(
@@ -631,20 +637,16 @@ impl EventStore for DynamoStore {
             "pendingBatches".into(),
             AttributeValue::Ss(batch_ids.to_vec()),
         );
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            // Already recorded (a retried hand-off): what is recorded stands.
-            Ok(_) => Ok(()),
-            Err(e) if conditional_failed(&e) => Ok(()),
-            Err(e) => Err(unavailable("record work batches")(e)),
-        }
+        // Already recorded (a retried hand-off): what is recorded stands.
+        self.put_item_if(
+            "record work batches",
+            item,
+            "attribute_not_exists(pk)",
+            &[],
+            vec![],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn complete_batch(
@@ -747,22 +749,15 @@ impl DynamoStore {
     ) -> Result<bool, StoreError> {
         const OP: &str = "take queued deliveries";
         let item = delivery_item(org, event_id, d).map_err(malformed(OP))?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            // The entry must exist, QUEUED: a message cannot add deliveries.
-            .condition_expression("#st = :queued")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":queued", AttributeValue::S("QUEUED".into()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failed(&e) => Ok(false),
-            Err(e) => Err(unavailable(OP)(e)),
-        }
+        // The entry must exist, QUEUED: a message cannot add deliveries.
+        self.put_item_if(
+            OP,
+            item,
+            "#st = :queued",
+            &[("#st", "status")],
+            vec![(":queued", AttributeValue::S("QUEUED".into()))],
+        )
+        .await
     }
 
     /// Stores an event's final state, keeping opens recorded meanwhile. With
