@@ -180,6 +180,7 @@ pub async fn handle<U: NotifyContacts + OpenTracker + Work>(
             &request_id,
             outcome.label,
             outcome.event.as_ref(),
+            outcome.deliveries.as_ref(),
         ));
     }
     answer
@@ -193,7 +194,14 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
     let request_id = context.request_id.clone();
     let refused = |e: DirectError| {
         let label = direct_label(&e);
-        (Err(e.into()), Outcome { label, event: None })
+        (
+            Err(e.into()),
+            Outcome {
+                label,
+                event: None,
+                deliveries: None,
+            },
+        )
     };
     let incoming = match classify(payload) {
         Ok(i) => i,
@@ -221,6 +229,7 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
                 .unwrap_or(Outcome {
                     label: "internal",
                     event: None,
+                    deliveries: None,
                 });
             match serde_json::to_value(response) {
                 Ok(v) => (Ok(v), outcome),
@@ -231,17 +240,12 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
             let (answer, recorded) = work_batch(use_case, records, deadline(&context)).await;
             // The per-channel delivery metrics of this invocation's messages.
             let (summary, _, _) = crate::notify::summarise(&recorded);
-            let mut info = serde_json::Map::new();
-            info.insert("deliverySummary".into(), Value::Object(summary));
-            let tally = crate::model::NotificationEvent {
-                info: Some(info),
-                ..Default::default()
-            };
             (
                 Ok(answer),
                 Outcome {
                     label: "work",
-                    event: Some(tally),
+                    event: None,
+                    deliveries: Some(summary),
                 },
             )
         }
@@ -251,6 +255,7 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
                 Outcome {
                     label: "tracked",
                     event: None,
+                    deliveries: None,
                 },
             ),
             Err(e) => {
@@ -271,6 +276,7 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
                         Outcome {
                             label: "ok",
                             event: Some(event),
+                            deliveries: None,
                         },
                     ),
                     Err(_) => refused(DirectError::Internal { request_id }),

@@ -75,6 +75,9 @@ pub async fn handle<U: NotifyContacts>(use_case: &U, req: Request) -> Response<B
 pub struct Outcome {
     pub label: &'static str,
     pub event: Option<NotificationEvent>,
+    /// Per-channel counts of the deliveries an invocation without an event
+    /// of its own recorded (a worker's), as in `info.deliverySummary`.
+    pub deliveries: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Outcome {
@@ -115,13 +118,21 @@ pub async fn respond<U: NotifyContacts>(use_case: &U, req: Request) -> (Response
                 Outcome {
                     label: "ok",
                     event: Some(event),
+                    deliveries: None,
                 },
             )
         }
         Err(e) => {
             let resp = error_response(&e, &request_id);
             let label = Outcome::of(resp.status());
-            (resp, Outcome { label, event: None })
+            (
+                resp,
+                Outcome {
+                    label,
+                    event: None,
+                    deliveries: None,
+                },
+            )
         }
     }
 }

@@ -55,12 +55,15 @@ fn document(now_ms: i128, directive: Value, fields: Map<String, Value>) -> Value
 
 /// The EMF documents for one invocation. `event` is the answer when there is
 /// one; `outcome` names how it ended (`ok`, `bad_request`, `not_found`, ...).
+/// The per-channel documents come from `deliveries` when given (a worker's
+/// counts), else from the event's `info.deliverySummary`.
 pub fn documents(
     cfg: &MetricsConfig,
     cold_start: bool,
     request_id: &str,
     outcome: &str,
     event: Option<&NotificationEvent>,
+    deliveries: Option<&Map<String, Value>>,
 ) -> Vec<Value> {
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let mut base = Map::new();
@@ -95,36 +98,35 @@ pub fn documents(
                 json!((end - start).whole_milliseconds()),
             );
         }
-        let summary = event
-            .info
-            .as_ref()
-            .and_then(|i| i.get("deliverySummary"))
-            .and_then(Value::as_object);
-        for (channel, counts) in summary.into_iter().flatten() {
-            let mut f = base.clone();
-            f.insert("eventID".into(), json!(event.event_id));
-            f.insert("channel".into(), json!(channel));
-            for (key, name) in [
-                ("sent", "DeliveriesSent"),
-                ("skipped", "DeliveriesSkipped"),
-                ("failed", "DeliveriesFailed"),
-            ] {
-                f.insert(
-                    name.into(),
-                    json!(counts.get(key).and_then(Value::as_u64).unwrap_or(0)),
-                );
-            }
-            let d = directive(
-                &cfg.namespace,
-                &["service", "channel"],
-                &[
-                    ("DeliveriesSent", "Count"),
-                    ("DeliveriesSkipped", "Count"),
-                    ("DeliveriesFailed", "Count"),
-                ],
-            );
-            docs.push(document(now_ms, d, f));
+    }
+    let summary = deliveries.or_else(|| event?.info.as_ref()?.get("deliverySummary")?.as_object());
+    let event_id = event.and_then(|e| e.event_id.as_ref());
+    for (channel, counts) in summary.into_iter().flatten() {
+        let mut f = base.clone();
+        if let Some(id) = event_id {
+            f.insert("eventID".into(), json!(id));
         }
+        f.insert("channel".into(), json!(channel));
+        for (key, name) in [
+            ("sent", "DeliveriesSent"),
+            ("skipped", "DeliveriesSkipped"),
+            ("failed", "DeliveriesFailed"),
+        ] {
+            f.insert(
+                name.into(),
+                json!(counts.get(key).and_then(Value::as_u64).unwrap_or(0)),
+            );
+        }
+        let d = directive(
+            &cfg.namespace,
+            &["service", "channel"],
+            &[
+                ("DeliveriesSent", "Count"),
+                ("DeliveriesSkipped", "Count"),
+                ("DeliveriesFailed", "Count"),
+            ],
+        );
+        docs.push(document(now_ms, d, f));
     }
     docs.insert(
         0,
@@ -159,7 +161,14 @@ mod tests {
             "info": {"deliverySummary": {"EMAIL": {"sent": 2, "skipped": 0, "failed": 0}, "SMS": {"sent": 1, "skipped": 0, "failed": 1}}}
         }))
         .unwrap();
-        let docs = documents(&MetricsConfig::default(), true, "r1", "ok", Some(&event));
+        let docs = documents(
+            &MetricsConfig::default(),
+            true,
+            "r1",
+            "ok",
+            Some(&event),
+            None,
+        );
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[0]["Recipients"], 2);
         assert_eq!(docs[0]["FanOutDuration"], 1250);
@@ -188,12 +197,26 @@ mod tests {
 
     #[test]
     fn a_refused_request_still_counts() {
-        let docs = documents(&MetricsConfig::default(), false, "r2", "bad_request", None);
+        let docs = documents(
+            &MetricsConfig::default(),
+            false,
+            "r2",
+            "bad_request",
+            None,
+            None,
+        );
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0]["outcome"], "bad_request");
         assert!(docs[0].get("ColdStart").is_none());
         assert!(docs[0].get("InternalErrors").is_none());
-        let docs = documents(&MetricsConfig::default(), false, "r3", "internal", None);
+        let docs = documents(
+            &MetricsConfig::default(),
+            false,
+            "r3",
+            "internal",
+            None,
+            None,
+        );
         assert_eq!(docs[0]["InternalErrors"], 1);
     }
 }
