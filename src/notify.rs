@@ -887,8 +887,7 @@ where
         info.insert("deliverySummary".into(), Value::Object(summary));
         info.insert("deliveryCount".into(), json!(ledger.len()));
         event.info = Some(info);
-        mark_queued(&mut event, &batches);
-        let queued = batches.iter().map(|b| b.deliveries.len()).sum::<usize>();
+        let queued = mark_queued(&mut event, &batches);
         // The event says QUEUED before any worker can see a message, so a
         // fast worker never finds it half-written.
         match self.store.create_event(&event).await {
@@ -959,12 +958,12 @@ where
         recorded.extend(queued);
         conclude(&mut event, &recorded, 0);
         event.event_status = Some(EventStatus::Pending);
-        mark_queued(&mut event, &batches);
+        let queued = mark_queued(&mut event, &batches);
         self.store.finish_event(&event).await?;
         let ids: Vec<String> = batches.iter().map(|b| b.batch_id.clone()).collect();
         self.store.open_batches(org, &event_id, &ids).await?;
         tracing::info!(
-            queued = batches.iter().map(|b| b.deliveries.len()).sum::<usize>(),
+            queued,
             messages = batches.len(),
             "deadline near: handing the rest to the work queue"
         );
@@ -1229,13 +1228,15 @@ where
     }
 }
 
-/// Says in the event's `info` that its deliveries went to the work queue.
-fn mark_queued(event: &mut NotificationEvent, batches: &[WorkBatch]) {
+/// Says in the event's `info` that its deliveries went to the work queue;
+/// answers how many.
+fn mark_queued(event: &mut NotificationEvent, batches: &[WorkBatch]) -> usize {
     let queued: usize = batches.iter().map(|b| b.deliveries.len()).sum();
     let info = event.info.get_or_insert_with(Map::new);
     info.insert("deliveryMode".into(), json!(QUEUED_MODE));
     info.insert("queuedDeliveries".into(), json!(queued));
     info.insert("queueMessages".into(), json!(batches.len()));
+    queued
 }
 
 /// Every delivery of a queue message, recorded FAILED with `reason`.
