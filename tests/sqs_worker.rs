@@ -148,6 +148,16 @@ async fn settle(q: &Queues, handles: &[(String, String)], failed: &[String]) {
     }
 }
 
+/// The deliveries a stored event lists as FAILED.
+fn failed_deliveries(stored: &Value) -> Vec<&Value> {
+    stored["info"]["deliveries"]
+        .as_array()
+        .expect("info.deliveries")
+        .iter()
+        .filter(|d| d["status"] == "FAILED")
+        .collect()
+}
+
 async fn stored_event(env: &TestEnv, id: &str) -> Value {
     env.items("org-demo", &format!("EVENT#{id}")).await[0].clone()
 }
@@ -262,12 +272,7 @@ async fn a_failing_message_is_retried_then_lands_in_the_dlq_and_the_event_says_w
     // The last receive gave up: the event is closed and names who failed.
     let stored = stored_event(&env, &id).await;
     assert_eq!(stored["eventStatus"], "FAILED", "{stored}");
-    let failed: Vec<&Value> = stored["info"]["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["status"] == "FAILED")
-        .collect();
+    let failed = failed_deliveries(&stored);
     assert_eq!(failed.len(), 5);
     assert!(
         failed[0]["reason"]
@@ -352,12 +357,7 @@ async fn entries_sqs_fails_are_retried_and_a_refused_one_is_recorded_failed() {
     let id = answer.body["eventID"].as_str().unwrap();
     let stored = stored_event(&env, id).await;
     assert_eq!(stored["eventStatus"], "FAILED", "{stored}");
-    let failed: Vec<&Value> = stored["info"]["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["status"] == "FAILED")
-        .collect();
+    let failed = failed_deliveries(&stored);
     assert_eq!(failed.len(), 2);
     assert!(
         failed[0]["reason"]

@@ -54,6 +54,22 @@ fn count(ds: &[Delivery], status: DeliveryStatus) -> usize {
     ds.iter().filter(|d| d.status == status).count()
 }
 
+/// Marks a queued delivery SENDING, as a worker that took it `ago` would
+/// have left it; answers the entry.
+fn take(r: &Rig, event_id: &str, key: &str, ago: time::Duration) -> Delivery {
+    let mut taken = r
+        .store
+        .deliveries(event_id)
+        .into_iter()
+        .find(|d| d.key() == key)
+        .expect("a queued delivery");
+    taken.status = DeliveryStatus::Sending;
+    taken.batch = None;
+    taken.time -= ago;
+    r.store.put_delivery(event_id, taken.clone());
+    taken
+}
+
 /// Runs every queued message once (first receive); answers what each did.
 async fn drain(r: &Rig) -> Vec<Result<notify_offer_contacts::work::Worked, WorkError>> {
     let mut out = Vec::new();
@@ -173,17 +189,8 @@ async fn a_delivery_left_sending_by_a_dead_worker_is_unconfirmed_not_resent() {
     let id = r.n.notify(all()).await.unwrap().event_id.unwrap();
     let messages = r.queue.drain();
     // A worker took c0's email and died before recording the outcome.
-    let mut taken = r
-        .store
-        .deliveries(&id)
-        .into_iter()
-        .find(|d| d.key() == "EMAIL#c0")
-        .unwrap();
-    taken.status = DeliveryStatus::Sending;
-    taken.batch = None;
     // Longer ago than the lease (15 min): its worker is gone.
-    taken.time -= time::Duration::hours(1);
-    r.store.put_delivery(&id, taken);
+    take(&r, &id, "EMAIL#c0", time::Duration::hours(1));
     assert_eq!(
         r.n.work(messages[0].clone(), 2, None).await.unwrap().done,
         WorkDone::Closed(EventStatus::Failed)
@@ -535,15 +542,7 @@ async fn a_delivery_another_copy_is_sending_is_left_to_it_and_the_batch_stays_op
     let messages = r.queue.drain();
     assert_eq!(messages.len(), 1);
     // Another copy of the message took c0's email a moment ago and is sending it.
-    let mut taken = r
-        .store
-        .deliveries(&id)
-        .into_iter()
-        .find(|d| d.key() == "EMAIL#c0")
-        .unwrap();
-    taken.status = DeliveryStatus::Sending;
-    taken.batch = None;
-    r.store.put_delivery(&id, taken.clone());
+    let mut taken = take(&r, &id, "EMAIL#c0", time::Duration::ZERO);
     let busy = r.n.work(messages[0].clone(), 1, None).await;
     assert!(
         matches!(busy, Err(WorkError::InFlightElsewhere(1))),

@@ -146,32 +146,8 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    async fn put(
-        &self,
-        op: &'static str,
-        pk: String,
-        sk: String,
-        event: &NotificationEvent,
-        condition: &str,
-    ) -> Result<(), StoreError> {
-        self.put_if(op, pk, sk, event, condition, None).await
-    }
-
-    /// A conditional put; `last` is the `lastUpdateTime` the condition may name as `:last`.
-    async fn put_if(
-        &self,
-        op: &'static str,
-        pk: String,
-        sk: String,
-        event: &NotificationEvent,
-        condition: &str,
-        last: Option<AttributeValue>,
-    ) -> Result<(), StoreError> {
-        let values = last.map(|l| (":last", l)).into_iter().collect();
-        self.put_with(op, pk, sk, event, condition, values).await
-    }
-
-    /// A conditional put of an event, with the condition's values.
+    /// A conditional put of an event, with the condition's values; `Conflict`
+    /// when the condition does not hold.
     async fn put_with(
         &self,
         op: &'static str,
@@ -483,12 +459,13 @@ impl IdempotencyStore for DynamoStore {
 impl EventStore for DynamoStore {
     async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
         let (org, id) = event_key(event)?;
-        self.put(
+        self.put_with(
             "store new event",
             org,
             event_sk(&id),
             event,
             "attribute_not_exists(pk)",
+            vec![],
         )
         .await
     }
@@ -811,13 +788,13 @@ impl DynamoStore {
                 }
             }
             match self
-                .put_if(
+                .put_with(
                     op,
                     pk.clone(),
                     event_sk(&id),
                     &merged,
                     "lastUpdateTime = :last",
-                    Some(last),
+                    vec![(":last", last)],
                 )
                 .await
             {
@@ -877,13 +854,13 @@ impl OpenTracker for DynamoStore {
                 return Ok(Recorded::Duplicate);
             };
             match self
-                .put_if(
+                .put_with(
                     "record open",
                     pk.clone(),
                     event_sk(&open.event_id),
                     &event,
                     "lastUpdateTime = :last",
-                    Some(last),
+                    vec![(":last", last)],
                 )
                 .await
             {
