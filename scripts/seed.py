@@ -17,7 +17,18 @@ ddb = boto3.resource("dynamodb", **kw)
 table = ddb.create_table(
     TableName=table_name,
     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+    AttributeDefinitions=[
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+        {"AttributeName": "pendingIndex", "AttributeType": "S"},
+        {"AttributeName": "resumeAt", "AttributeType": "N"},
+    ],
+    # The sweeper's index over PENDING events, as template.yaml declares it.
+    GlobalSecondaryIndexes=[{
+        "IndexName": "PendingEvents",
+        "KeySchema": [{"AttributeName": "pendingIndex", "KeyType": "HASH"}, {"AttributeName": "resumeAt", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["pendingSince"]},
+    }],
     BillingMode="PAY_PER_REQUEST",
 )
 fixture = json.loads((pathlib.Path(__file__).parent.parent / "tests/fixtures/demo-org.json").read_text())

@@ -35,8 +35,58 @@ pub struct Config {
     /// `maxReceiveCount`).
     pub hand_off: crate::notify::HandOff,
     /// `RATE_SPLIT` (1-1000, default 1): how many instances share the rates
-    /// above; each sends at rate / `RATE_SPLIT` (the worker's `MaximumConcurrency`).
+    /// above; each sends at rate / `RATE_SPLIT`. A sum is accepted (`3+2`: the
+    /// API function's reserved concurrency plus the workers' `MaximumConcurrency`).
     pub rate_split: u32,
+    /// Who may call without an authorizer, and which claim names the org.
+    pub access: Access,
+    /// `TOPIC_ARN_PREFIX`: organisation topics must start with it (the
+    /// template sets `arn:{partition}:sns:{region}:{account}:{OrgTopicPrefix}`);
+    /// unset: the SNS channel fails for every organisation.
+    pub topic_arn_prefix: Option<String>,
+}
+
+/// What the edges trust. Fails closed: with nothing set, an HTTP request
+/// without an authorizer, a direct invocation and an EventBridge event are
+/// all refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// `ORG_CLAIM` (default `organizationID`): the authorizer claim or
+    /// context key that holds the caller's organisation (a Cognito ID token:
+    /// `custom:organizationID`). An authorizer without it is a 403.
+    pub org_claim: String,
+    /// `ALLOW_WITHOUT_AUTHORIZER` contains `http`: HTTP requests that carry no
+    /// authorizer context are served (cargo lambda watch, sam local). The
+    /// stack never sets it for the HTTP API.
+    pub http_without_authorizer: bool,
+    /// `ALLOW_WITHOUT_AUTHORIZER` contains `direct`: direct invocations by
+    /// other Lambdas (whom IAM lets invoke this function) are served.
+    pub direct_invocations: bool,
+    /// `EVENT_SOURCES`: the EventBridge `source` values whose "Notify Offer
+    /// Contacts" events are served (comma-separated); none: no EventBridge event is.
+    pub event_sources: Vec<String>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            org_claim: "organizationID".into(),
+            http_without_authorizer: false,
+            direct_invocations: false,
+            event_sources: Vec::new(),
+        }
+    }
+}
+
+impl Access {
+    /// Everything allowed without an authorizer, for local runs and tests.
+    pub fn local() -> Self {
+        Self {
+            http_without_authorizer: true,
+            direct_invocations: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// A new SES account (sandbox) may send 1 email a second.
@@ -155,10 +205,73 @@ impl Config {
             max_receives: whole("WORK_QUEUE_MAX_RECEIVES", 5, 1..=1000)? as u32,
             ..defaults_hand_off
         };
+        let mut access = Access::default();
+        if let Some(claim) = non_empty("ORG_CLAIM") {
+            if claim.len() > 128 || claim.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(ConfigError::Invalid {
+                    name: "ORG_CLAIM",
+                    why: "a claim name is one word of at most 128 characters".into(),
+                });
+            }
+            access.org_claim = claim;
+        }
+        for part in non_empty("ALLOW_WITHOUT_AUTHORIZER")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match part {
+                "http" => access.http_without_authorizer = true,
+                "direct" => access.direct_invocations = true,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        name: "ALLOW_WITHOUT_AUTHORIZER",
+                        why: format!("{other:?} is not one of http, direct"),
+                    });
+                }
+            }
+        }
+        access.event_sources = non_empty("EVENT_SOURCES")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let rate_split = match non_empty("RATE_SPLIT") {
+            None => 1,
+            Some(v) => v
+                .split('+')
+                .map(|n| {
+                    n.trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                })
+                .sum::<Option<u32>>()
+                .filter(|n| *n <= 2000)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "RATE_SPLIT",
+                    why: format!("{v:?} is not a whole number from 1 to 1000, or a sum of them"),
+                })?,
+        };
+        let topic_arn_prefix = non_empty("TOPIC_ARN_PREFIX");
+        if let Some(p) = &topic_arn_prefix
+            && !p.starts_with("arn:")
+        {
+            return Err(ConfigError::Invalid {
+                name: "TOPIC_ARN_PREFIX",
+                why:
+                    "it must start with arn: (e.g. arn:aws:sns:us-east-1:123456789012:notify-org-)"
+                        .into(),
+            });
+        }
         Ok(Self {
+            access,
+            topic_arn_prefix,
+            rate_split,
             work_queue_url: non_empty("WORK_QUEUE_URL"),
             hand_off,
-            rate_split: whole("RATE_SPLIT", 1, 1..=1000)? as u32,
             idempotency_window,
             metrics,
             email_per_second: rate("EMAIL_PER_SECOND", DEFAULT_EMAIL_PER_SECOND)?,
@@ -198,6 +311,41 @@ mod tests {
     }
 
     #[test]
+    fn trust_is_explicit_and_the_rate_split_may_be_a_sum() {
+        let c = Config::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("SENDER_EMAIL", "a@b.co"),
+            ("ALLOW_WITHOUT_AUTHORIZER", "direct"),
+            ("ORG_CLAIM", "custom:organizationID"),
+            ("EVENT_SOURCES", "com.example.offers, com.example.crm"),
+            ("RATE_SPLIT", "3+2"),
+        ]))
+        .unwrap();
+        assert!(c.access.direct_invocations && !c.access.http_without_authorizer);
+        assert_eq!(c.access.org_claim, "custom:organizationID");
+        assert_eq!(
+            c.access.event_sources,
+            ["com.example.offers", "com.example.crm"]
+        );
+        assert_eq!(c.rate_split, 5);
+        for (name, value) in [
+            ("ALLOW_WITHOUT_AUTHORIZER", "everyone"),
+            ("RATE_SPLIT", "3+x"),
+            ("TOPIC_ARN_PREFIX", "notify-org-"),
+        ] {
+            let bad = Config::from_lookup(lookup(&[
+                ("TABLE_NAME", "t"),
+                ("SENDER_EMAIL", "a@b.co"),
+                (name, value),
+            ]));
+            assert!(
+                matches!(&bad, Err(ConfigError::Invalid { name: n, .. }) if *n == name),
+                "{name}={value}: {bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_and_bounds() {
         let c = Config::from_lookup(lookup(&[("TABLE_NAME", "t"), ("SENDER_EMAIL", "a@b.co")]))
             .unwrap();
@@ -207,6 +355,12 @@ mod tests {
         assert_eq!(c.work_queue_url, None);
         assert_eq!(c.hand_off, crate::notify::HandOff::default());
         assert_eq!(c.rate_split, 1);
+        assert_eq!(
+            c.access,
+            Access::default(),
+            "nothing is trusted without an authorizer"
+        );
+        assert_eq!(c.topic_arn_prefix, None);
         let tuned = Config::from_lookup(lookup(&[
             ("TABLE_NAME", "t"),
             ("SENDER_EMAIL", "a@b.co"),

@@ -11,17 +11,20 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::Outcome;
-use crate::metrics::MetricsConfig;
+use crate::config::Access;
+use crate::metrics::{MetricsConfig, Outcome};
 use crate::model::{ContactIdList, CreatedBy, IdempotencyKey, OfferId, OrgId};
+use crate::notify::Sweeper;
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 use crate::ports::WorkBatch;
 use crate::tracking::{OpenTracker, Recorded};
 use crate::work::Work;
 
-/// The direct invocation of CONTRACT.md -> Inputs.
+/// The direct invocation of CONTRACT.md -> Inputs (also an EventBridge
+/// event's `detail`). Checked as strictly as the HTTP body: a key it does
+/// not know is refused, not ignored.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectInvocation {
     pub org_id: String,
     pub offer_id: String,
@@ -45,6 +48,8 @@ pub enum DirectError {
     KeyInProgress(String),
     #[error("{0}")]
     KeyReused(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error; quote request id {request_id} when reporting it")]
     Internal { request_id: String },
 }
@@ -56,6 +61,7 @@ impl From<DirectError> for Diagnostic {
             DirectError::NotFound(_) => "NotFound",
             DirectError::KeyInProgress(_) => "KeyInProgress",
             DirectError::KeyReused(_) => "KeyReused",
+            DirectError::Forbidden(_) => "Forbidden",
             DirectError::Internal { .. } => "InternalError",
         };
         Diagnostic {
@@ -68,6 +74,13 @@ impl From<DirectError> for Diagnostic {
 pub enum Incoming {
     Http(Box<LambdaRequest>),
     Direct(DirectInvocation),
+    /// An EventBridge "Notify Offer Contacts" event: its `source` and detail.
+    EventBridge {
+        source: String,
+        invocation: DirectInvocation,
+    },
+    /// The sweeper's schedule (an EventBridge scheduled event).
+    Schedule,
     /// SNS records (SES events from the configuration set): (MessageId, Message).
     Sns(Vec<(String, String)>),
     /// SQS records from the work queue.
@@ -134,12 +147,23 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
     // own, the EventBridge event's id is one, so a redelivery notifies no one twice.
     if map.get("detail-type").and_then(Value::as_str) == Some(EVENTBRIDGE_DETAIL_TYPE) {
         let event_id = map.get("id").and_then(Value::as_str).map(str::to_owned);
+        let source = map
+            .get("source")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let detail = map.get("detail").cloned().unwrap_or(Value::Null);
         let mut invocation = parse_direct(detail)?;
         if invocation.idempotency_key.is_none() {
             invocation.idempotency_key = event_id;
         }
-        return Ok(Incoming::Direct(invocation));
+        return Ok(Incoming::EventBridge { source, invocation });
+    }
+    // Only AWS may send events of source aws.events (PutEvents refuses it).
+    if map.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        && map.get("source").and_then(Value::as_str) == Some("aws.events")
+    {
+        return Ok(Incoming::Schedule);
     }
     if map.contains_key("orgId") || map.contains_key("offerId") {
         return parse_direct(payload).map(Incoming::Direct);
@@ -163,45 +187,45 @@ fn parse_direct(payload: Value) -> Result<DirectInvocation, DirectError> {
         })
 }
 
-/// The function's entry point for every event. With `metrics`, each
-/// invocation also prints its CloudWatch EMF documents.
-pub async fn handle<U: NotifyContacts + OpenTracker + Work>(
+/// What the edges need besides the use case: who is trusted, and where
+/// metrics go (none: no EMF documents, as in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    pub access: Access,
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The function's entry point for every event. With metrics configured,
+/// each invocation also prints its CloudWatch EMF documents.
+pub async fn handle<U: NotifyContacts + OpenTracker + Work + Sweeper>(
     use_case: &U,
-    metrics: Option<&MetricsConfig>,
+    edge: &Edge,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Diagnostic> {
     let LambdaEvent { payload, context } = event;
     let request_id = context.request_id.clone();
-    let (answer, outcome) = dispatch(use_case, payload, context).await;
-    if let Some(cfg) = metrics {
+    let (answer, outcome) = dispatch(use_case, &edge.access, payload, context).await;
+    if let Some(cfg) = &edge.metrics {
         crate::metrics::emit(&crate::metrics::documents(
             cfg,
             crate::metrics::take_cold_start(),
             &request_id,
-            outcome.label,
-            outcome.event.as_ref(),
-            outcome.deliveries.as_ref(),
+            &outcome,
         ));
     }
     answer
 }
 
-async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
+async fn dispatch<U: NotifyContacts + OpenTracker + Work + Sweeper>(
     use_case: &U,
+    access: &Access,
     payload: Value,
     context: lambda_runtime::Context,
 ) -> (Result<Value, Diagnostic>, Outcome) {
     let request_id = context.request_id.clone();
     let refused = |e: DirectError| {
         let label = direct_label(&e);
-        (
-            Err(e.into()),
-            Outcome {
-                label,
-                event: None,
-                deliveries: None,
-            },
-        )
+        (Err(e.into()), Outcome::refused(label))
     };
     let incoming = match classify(payload) {
         Ok(i) => i,
@@ -215,7 +239,7 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
             let outcome = Mutex::new(None);
             let outcome_ref = &outcome;
             let mut adapter = Adapter::from(service_fn(|req: Request| async move {
-                let (response, o) = crate::http::respond(use_case, req).await;
+                let (response, o) = crate::http::respond(use_case, access, req).await;
                 *outcome_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
                 Ok::<_, Infallible>(response)
             }));
@@ -226,11 +250,7 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
             let outcome = outcome
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or(Outcome {
-                    label: "internal",
-                    event: None,
-                    deliveries: None,
-                });
+                .unwrap_or(Outcome::refused("internal"));
             match serde_json::to_value(response) {
                 Ok(v) => (Ok(v), outcome),
                 Err(_) => refused(DirectError::Internal { request_id }),
@@ -239,46 +259,57 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
         Incoming::Sqs(records) => {
             let (answer, recorded) = work_batch(use_case, records, deadline(&context)).await;
             // The per-channel delivery metrics of this invocation's messages.
-            let (summary, _, _) = crate::notify::summarise(&recorded);
-            (
-                Ok(answer),
-                Outcome {
-                    label: "work",
-                    event: None,
-                    deliveries: Some(summary),
-                },
-            )
+            (Ok(answer), Outcome::recorded("work", &recorded))
         }
+        Incoming::Schedule => match use_case.sweep(deadline(&context)).await {
+            Ok(swept) => {
+                let mut outcome = Outcome::recorded("sweep", &swept.recorded);
+                outcome.oldest_pending_age_seconds =
+                    Some(swept.oldest_pending_age_seconds.unwrap_or(0));
+                (
+                    Ok(json!({
+                        "stale": swept.stale, "finished": swept.finished, "requeued": swept.requeued,
+                        "closed": swept.closed, "skipped": swept.skipped, "failed": swept.failed,
+                        "oldestPendingAgeSeconds": swept.oldest_pending_age_seconds,
+                    })),
+                    outcome,
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "sweep failed");
+                refused(DirectError::Internal { request_id })
+            }
+        },
         Incoming::Sns(messages) => match track_opens(use_case, &messages).await {
-            Ok(counts) => (
-                Ok(counts),
-                Outcome {
-                    label: "tracked",
-                    event: None,
-                    deliveries: None,
-                },
-            ),
+            Ok(counts) => (Ok(counts), Outcome::refused("tracked")),
             Err(e) => {
                 // A storage failure: fail the invocation so that SNS delivers again.
                 tracing::error!(error = %crate::error_chain(&e), "recording opens failed");
                 refused(DirectError::Internal { request_id })
             }
         },
-        Incoming::Direct(invocation) => {
+        Incoming::Direct(_) if !access.direct_invocations => {
+            tracing::warn!(
+                "direct invocation refused: ALLOW_WITHOUT_AUTHORIZER does not list direct"
+            );
+            refused(DirectError::Forbidden(
+                "this function does not take direct invocations (ALLOW_WITHOUT_AUTHORIZER does not list direct)".into(),
+            ))
+        }
+        Incoming::EventBridge { source, .. } if !access.event_sources.contains(&source) => {
+            tracing::warn!(source = %source.chars().take(64).collect::<String>(), "EventBridge event refused: its source is not in EVENT_SOURCES");
+            refused(DirectError::Forbidden(
+                "this function does not take Notify Offer Contacts events from that source (EVENT_SOURCES)".into(),
+            ))
+        }
+        Incoming::Direct(invocation) | Incoming::EventBridge { invocation, .. } => {
             let cmd = match direct_command(invocation, deadline(&context)) {
                 Ok(c) => c,
                 Err(e) => return refused(e),
             };
-            match use_case.notify(cmd).await {
-                Ok(event) => match serde_json::to_value(&event) {
-                    Ok(v) => (
-                        Ok(v),
-                        Outcome {
-                            label: "ok",
-                            event: Some(event),
-                            deliveries: None,
-                        },
-                    ),
+            match use_case.notify_counted(cmd).await {
+                Ok(n) => match serde_json::to_value(&n.event) {
+                    Ok(v) => (Ok(v), Outcome::answered(&n)),
                     Err(_) => refused(DirectError::Internal { request_id }),
                 },
                 Err(e) => refused(direct_error(e, request_id)),
@@ -294,7 +325,7 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work>(
 async fn work_batch<U: Work>(
     worker: &U,
     records: Vec<SqsRecord>,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<tokio::time::Instant>,
 ) -> (Value, Vec<crate::model::Delivery>) {
     let runs = records.into_iter().map(|r| async move {
         let batch = match serde_json::from_str::<WorkBatch>(&r.body) {
@@ -354,13 +385,14 @@ fn direct_label(e: &DirectError) -> &'static str {
         DirectError::NotFound(_) => "not_found",
         DirectError::KeyInProgress(_) => "conflict",
         DirectError::KeyReused(_) => "key_reused",
+        DirectError::Forbidden(_) => "forbidden",
         DirectError::Internal { .. } => "internal",
     }
 }
 
 /// When the runtime will stop this invocation, as an `Instant`; `None` when
 /// the context carries no deadline (0, as in a test's default context).
-pub fn deadline(ctx: &lambda_runtime::Context) -> Option<std::time::Instant> {
+pub fn deadline(ctx: &lambda_runtime::Context) -> Option<tokio::time::Instant> {
     if ctx.deadline == 0 {
         return None;
     }
@@ -381,14 +413,14 @@ pub fn deadline(ctx: &lambda_runtime::Context) -> Option<std::time::Instant> {
         return None;
     }
     Some(
-        std::time::Instant::now()
+        tokio::time::Instant::now()
             + std::time::Duration::from_millis(ctx.deadline.saturating_sub(now_ms)),
     )
 }
 
 fn direct_command(
     inv: DirectInvocation,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<NotifyCommand, DirectError> {
     let bad = |e: crate::model::InvalidValue| DirectError::BadRequest(e.to_string());
     let idempotency_key = inv
@@ -438,7 +470,7 @@ mod tests {
             .unwrap()
             .as_millis() as u64;
         ctx.deadline = now_ms + 10_000;
-        let left = deadline(&ctx).unwrap() - std::time::Instant::now();
+        let left = deadline(&ctx).unwrap() - tokio::time::Instant::now();
         assert!(
             left > std::time::Duration::from_millis(9_000)
                 && left <= std::time::Duration::from_millis(10_000),

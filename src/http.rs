@@ -7,9 +7,9 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
 
-use crate::model::{
-    ContactIdList, CreatedBy, EntityType, IdempotencyKey, NotificationEvent, OfferId, OrgId,
-};
+use crate::config::Access;
+use crate::metrics::Outcome;
+use crate::model::{ContactIdList, CreatedBy, EntityType, IdempotencyKey, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
 
 /// Largest body accepted. 1000 IDs of 128 characters fit with room to spare.
@@ -66,74 +66,57 @@ impl From<NotifyError> for ApiError {
 }
 
 /// Serves one HTTP request. Never fails: every outcome is a response.
-pub async fn handle<U: NotifyContacts>(use_case: &U, req: Request) -> Response<Body> {
-    respond(use_case, req).await.0
-}
-
-/// How a request ended, for metrics.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub label: &'static str,
-    pub event: Option<NotificationEvent>,
-    /// Per-channel counts of the deliveries an invocation without an event
-    /// of its own recorded (a worker's), as in `info.deliverySummary`.
-    pub deliveries: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl Outcome {
-    fn of(status: StatusCode) -> &'static str {
-        match status.as_u16() {
-            200 => "ok",
-            400 => "bad_request",
-            403 => "forbidden",
-            404 => "not_found",
-            405 => "method_not_allowed",
-            409 => "conflict",
-            422 => "key_reused",
-            _ => "internal",
-        }
-    }
+pub async fn handle<U: NotifyContacts>(
+    use_case: &U,
+    access: &Access,
+    req: Request,
+) -> Response<Body> {
+    respond(use_case, access, req).await.0
 }
 
 /// Serves one HTTP request and says how it ended.
-pub async fn respond<U: NotifyContacts>(use_case: &U, req: Request) -> (Response<Body>, Outcome) {
+pub async fn respond<U: NotifyContacts>(
+    use_case: &U,
+    access: &Access,
+    req: Request,
+) -> (Response<Body>, Outcome) {
     let request_id = req
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
         .unwrap_or_default();
-    let result = match command(&req) {
-        Ok(cmd) => use_case.notify(cmd).await.map_err(ApiError::from),
+    let result = match command(&req, access) {
+        Ok(cmd) => use_case.notify_counted(cmd).await.map_err(ApiError::from),
         Err(e) => Err(e),
     };
     match result {
-        Ok(event) => {
+        Ok(n) => {
             tracing::info!(
                 status = 200,
-                event_id = event.event_id.as_deref().unwrap_or(""),
+                event_id = n.event.event_id.as_deref().unwrap_or(""),
+                replay = n.replay,
                 "notifyContacts answered"
             );
-            let resp = json(StatusCode::OK, &event);
-            (
-                resp,
-                Outcome {
-                    label: "ok",
-                    event: Some(event),
-                    deliveries: None,
-                },
-            )
+            (json(StatusCode::OK, &n.event), Outcome::answered(&n))
         }
         Err(e) => {
             let resp = error_response(&e, &request_id);
-            let label = Outcome::of(resp.status());
-            (
-                resp,
-                Outcome {
-                    label,
-                    event: None,
-                    deliveries: None,
-                },
-            )
+            let label = label_of(resp.status());
+            (resp, Outcome::refused(label))
         }
+    }
+}
+
+/// The outcome label of an error answer's status.
+fn label_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "ok",
+        400 => "bad_request",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        422 => "key_reused",
+        _ => "internal",
     }
 }
 
@@ -169,7 +152,7 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
 }
 
 /// Parses route, method, caller and body into a command.
-pub fn command(req: &Request) -> Result<NotifyCommand, ApiError> {
+pub fn command(req: &Request, access: &Access) -> Result<NotifyCommand, ApiError> {
     let (org, offer) = route(req)?;
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed(req.method().to_string()));
@@ -177,15 +160,27 @@ pub fn command(req: &Request) -> Result<NotifyCommand, ApiError> {
     let org_id = OrgId::parse(&org).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
     let offer_id =
         OfferId::parse(&offer).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
-    let caller = Caller::from_request(req);
-    if caller
-        .organization_id
-        .as_deref()
-        .is_some_and(|caller_org| caller_org != org_id.as_str())
-    {
-        return Err(ApiError::Forbidden(format!(
-            "these credentials do not grant access to organization {org_id}"
-        )));
+    // Fail closed: the caller's organisation must be known, and be the path's.
+    let caller = Caller::from_request(req, &access.org_claim);
+    match (caller.authorizer, caller.organization_id.as_deref()) {
+        (false, _) if access.http_without_authorizer => {}
+        (false, _) => {
+            return Err(ApiError::Forbidden(
+                "this API serves only requests authorized by its authorizer; none authorized this one".into(),
+            ));
+        }
+        (true, None) => {
+            return Err(ApiError::Forbidden(format!(
+                "the caller's credentials name no organization (claim {}); ask for a token that carries it",
+                access.org_claim
+            )));
+        }
+        (true, Some(caller_org)) if caller_org != org_id.as_str() => {
+            return Err(ApiError::Forbidden(format!(
+                "these credentials do not grant access to organization {org_id}"
+            )));
+        }
+        (true, Some(_)) => {}
     }
     let contact_ids = parse_body(req.body())?;
     let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
@@ -286,30 +281,40 @@ fn kind_of(v: &Value) -> &'static str {
 /// Who is calling, from the authorizer context API Gateway adds.
 #[derive(Debug, Default, PartialEq)]
 pub struct Caller {
+    /// An authorizer vouched for the request (JWT claims, a Lambda
+    /// authorizer's context, a Cognito or IAM authorizer).
+    pub authorizer: bool,
+    /// The caller's organisation, from the claim `org_claim`.
     pub organization_id: Option<String>,
     pub created_by: Option<CreatedBy>,
 }
 
 impl Caller {
-    pub fn from_request(req: &Request) -> Self {
+    pub fn from_request(req: &Request, org_claim: &str) -> Self {
         let ctx = req.request_context_ref();
         let authorizer = match ctx {
             Some(RequestContext::ApiGatewayV1(c)) => Some(&c.authorizer),
             Some(RequestContext::ApiGatewayV2(c)) => c.authorizer.as_ref(),
             _ => None,
-        };
+        }
+        .filter(|a| a.jwt.is_some() || a.iam.is_some() || !a.fields.is_empty());
         let Some(authorizer) = authorizer else {
             return Self::default();
         };
-        // REST and HTTP-API Lambda authorizers put the context in `fields`;
-        // JWT authorizers in their claims.
+        // REST and HTTP-API Lambda authorizers put the context in `fields`
+        // (a REST Cognito authorizer under `fields.claims`); JWT authorizers
+        // in their claims.
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
         let get = |k: &str| -> Option<String> {
-            let from_fields = authorizer.fields.get(k).and_then(|v| match v {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            });
-            from_fields
+            authorizer
+                .fields
+                .get(k)
+                .and_then(text)
+                .or_else(|| authorizer.fields.get("claims")?.get(k).and_then(text))
                 .or_else(|| {
                     authorizer
                         .jwt
@@ -326,7 +331,8 @@ impl Caller {
         };
         let any = created_by != CreatedBy::default();
         Self {
-            organization_id: get("organizationID"),
+            authorizer: true,
+            organization_id: get(org_claim),
             created_by: any.then_some(created_by),
         }
     }

@@ -45,6 +45,7 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
         policy: notify::Policy {
             idempotency_window: config.idempotency_window,
             hand_off: config.hand_off.clone(),
+            topic_arn_prefix: config.topic_arn_prefix.clone(),
             ..notify::Policy::default()
         },
         queue: config.work_queue_url.as_ref().map(|url| {

@@ -14,10 +14,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let sdk = aws::sdk_config().await;
     let app = Arc::new(notify_offer_contacts::app(&sdk, &config));
-    let metrics = Arc::new(config.metrics);
+    let edge = Arc::new(event::Edge {
+        access: config.access.clone(),
+        metrics: Some(config.metrics.clone()),
+    });
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
-        let (app, metrics) = (Arc::clone(&app), Arc::clone(&metrics));
-        async move { event::handle(&*app, Some(&*metrics), ev).await }
+        let (app, edge) = (Arc::clone(&app), Arc::clone(&edge));
+        async move { event::handle(&*app, &edge, ev).await }
     }))
     .await
 }

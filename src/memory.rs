@@ -12,9 +12,9 @@ use crate::model::{
     OfferId, OrgId, PhoneNumber,
 };
 use crate::ports::{
-    Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
-    KeyOutcome, Mailer, OfferStore, OutgoingEmail, SendError, SmsSender, StoreError, TopicMessage,
-    TopicPublisher,
+    Claim, ContactStore, Contacts, EventStore, IdempotencyRecord, IdempotencyStatus,
+    IdempotencyStore, KeyOutcome, Mailer, OfferStore, OutgoingEmail, Replaced, SendError,
+    SmsSender, StoreError, TopicMessage, TopicPublisher, Written,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -35,12 +35,20 @@ pub enum StoreOp {
     ReadEvent,
     /// Opening and completing work batches.
     WorkBatches,
+    /// A worker's conditional take of one queued delivery (counted per delivery).
+    TakeQueued,
+    /// Removing intents after a failed intent write.
+    ForgetDeliveries,
+    /// The sweeper's index and the event lease.
+    Sweep,
 }
 
 #[derive(Default)]
 pub struct MemoryStore {
     offers: HashMap<(String, String), Offer>,
     contacts: HashMap<(String, String), Contact>,
+    /// Contact items another writer stored in a shape this code cannot read.
+    unreadable: HashSet<(String, String)>,
     settings: HashMap<String, NotificationSettings>,
     events: Mutex<HashMap<(String, String), NotificationEvent>>,
     deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
@@ -65,6 +73,11 @@ impl MemoryStore {
     pub fn with_contact(mut self, org: &str, contact: Contact) -> Self {
         self.contacts
             .insert((org.into(), contact.id.clone()), contact);
+        self
+    }
+    /// A contact item that exists but cannot be read (e.g. its `info` is a string).
+    pub fn with_unreadable_contact(mut self, org: &str, id: &str) -> Self {
+        self.unreadable.insert((org.into(), id.into()));
         self
     }
     pub fn with_settings(mut self, org: &str, settings: NotificationSettings) -> Self {
@@ -184,16 +197,18 @@ impl OfferStore for MemoryStore {
 }
 
 impl ContactStore for MemoryStore {
-    async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Vec<Contact>, StoreError> {
+    async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Contacts, StoreError> {
         self.check(StoreOp::ReadContacts)?;
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                self.contacts
-                    .get(&(org.to_string(), id.to_string()))
-                    .cloned()
-            })
-            .collect())
+        let mut out = Contacts::default();
+        for id in ids {
+            let k = (org.to_string(), id.to_string());
+            if self.unreadable.contains(&k) {
+                out.unreadable.push(id.to_string());
+            } else if let Some(c) = self.contacts.get(&k) {
+                out.found.push(c.clone());
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -293,26 +308,108 @@ impl EventStore for MemoryStore {
         &self,
         _org: &OrgId,
         event_id: &str,
+        batch: &str,
         deliveries: &[Delivery],
-    ) -> Result<Vec<bool>, StoreError> {
-        self.check(StoreOp::SaveDeliveries)?;
-        let mut all = lock(&self.deliveries);
-        let ledger = all.entry(event_id.to_owned()).or_default();
-        Ok(deliveries
-            .iter()
-            .map(|d| {
-                let held = ledger.iter().position(|old| old.key() == d.key());
-                match held {
-                    Some(i) if ledger[i].status != crate::model::DeliveryStatus::Queued => false,
-                    Some(i) => {
-                        ledger[i] = d.clone();
-                        true
-                    }
-                    // Only what the request put in the ledger can be taken.
-                    None => false,
+    ) -> Replaced {
+        let mut failure = None;
+        let mut written = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            // Each conditional put is its own call, as in DynamoDB: some may
+            // land and the next fail.
+            if let Err(e) = self.check(StoreOp::TakeQueued) {
+                failure.get_or_insert(e);
+                written.push(Written::Failed);
+                continue;
+            }
+            let mut all = lock(&self.deliveries);
+            let ledger = all.entry(event_id.to_owned()).or_default();
+            let held = ledger.iter().position(|old| old.key() == d.key());
+            written.push(match held {
+                Some(i)
+                    if ledger[i].status == crate::model::DeliveryStatus::Queued
+                        && ledger[i].batch.as_deref() == Some(batch) =>
+                {
+                    ledger[i] = d.clone();
+                    Written::Yes
                 }
-            })
-            .collect())
+                // Only what the request queued in this batch can be taken.
+                _ => Written::NotQueued,
+            });
+        }
+        Replaced { written, failure }
+    }
+    async fn forget_deliveries(
+        &self,
+        _org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> Result<(), StoreError> {
+        if !self.write(StoreOp::ForgetDeliveries)? {
+            return Ok(());
+        }
+        if let Some(ledger) = lock(&self.deliveries).get_mut(event_id) {
+            ledger.retain(|d| !keys.contains(&d.key()));
+        }
+        Ok(())
+    }
+    async fn stale_events(
+        &self,
+        now: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<crate::ports::StaleEvents, StoreError> {
+        self.check(StoreOp::Sweep)?;
+        let mut out = crate::ports::StaleEvents::default();
+        let mut pending: Vec<(time::OffsetDateTime, time::OffsetDateTime, String, String)> =
+            lock(&self.events)
+                .iter()
+                .filter(|(_, e)| e.event_status == Some(crate::model::EventStatus::Pending))
+                .filter_map(|((org, id), e)| {
+                    let resume = crate::notify::resume_after(e)?;
+                    Some((
+                        e.timestamp.unwrap_or(resume),
+                        resume,
+                        org.clone(),
+                        id.clone(),
+                    ))
+                })
+                .collect();
+        pending.sort();
+        for (since, resume, org, id) in pending {
+            let ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
+            out.oldest_pending_ms = Some(out.oldest_pending_ms.map_or(ms, |o| o.min(ms)));
+            if resume <= now
+                && out.stale.len() < limit
+                && let Ok(org) = OrgId::parse(&org)
+            {
+                out.stale.push((org, id));
+            }
+        }
+        Ok(out)
+    }
+    async fn move_lease(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        from: Option<&str>,
+        to: time::OffsetDateTime,
+        sweeps: u32,
+    ) -> Result<bool, StoreError> {
+        self.check(StoreOp::Sweep)?;
+        let mut events = lock(&self.events);
+        let Some(e) = events.get_mut(&(org.to_string(), event_id.to_owned())) else {
+            return Ok(false);
+        };
+        let held = e
+            .info
+            .as_ref()
+            .and_then(|i| i.get("resumeAfter"))
+            .and_then(serde_json::Value::as_str);
+        if e.event_status != Some(crate::model::EventStatus::Pending) || held != from {
+            return Ok(false);
+        }
+        let e = &mut *e;
+        crate::notify::set_lease(e, to, sweeps);
+        Ok(true)
     }
     async fn open_batches(
         &self,
@@ -536,12 +633,7 @@ impl crate::ports::WorkQueue for MemoryQueue {
     ) -> futures::future::BoxFuture<'a, Vec<Result<(), SendError>>> {
         Box::pin(async move {
             if self.refuse_all.load(Ordering::SeqCst) {
-                let refused = SendError {
-                    code: "ServiceUnavailable".into(),
-                    message: "injected queue failure".into(),
-                    permanent: false,
-                    outcome_unknown: false,
-                };
+                let refused = SendError::transient("ServiceUnavailable", "injected queue failure");
                 return batches.iter().map(|_| Err(refused.clone())).collect();
             }
             lock(&self.messages).extend(batches.iter().cloned());

@@ -10,6 +10,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Map, Value, json};
 
 use crate::model::NotificationEvent;
+use crate::notify::Notified;
+
+/// How an invocation ended, for its metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `ok`, `replay`, `bad_request`, `forbidden`, `not_found`, ..., `work`, `sweep`.
+    pub label: &'static str,
+    /// The event a request created or resumed (none for a replay).
+    pub event: Option<NotificationEvent>,
+    /// Per-channel counts, as in `info.deliverySummary`, of the deliveries
+    /// this invocation itself recorded.
+    pub deliveries: Option<Map<String, Value>>,
+    /// The sweeper's reading: age of the oldest PENDING event.
+    pub oldest_pending_age_seconds: Option<i64>,
+}
+
+impl Outcome {
+    /// A request answered with an event: its metrics count only what this
+    /// invocation recorded, and nothing for a replayed answer.
+    pub fn answered(n: &Notified) -> Self {
+        let (summary, _, _) = crate::notify::summarise(&n.recorded);
+        Self {
+            label: if n.replay { "replay" } else { "ok" },
+            event: (!n.replay).then(|| n.event.clone()),
+            deliveries: Some(summary),
+            oldest_pending_age_seconds: None,
+        }
+    }
+
+    /// An invocation that recorded `deliveries` without an event of its own
+    /// (a worker's, the sweeper's).
+    pub fn recorded(label: &'static str, deliveries: &[crate::model::Delivery]) -> Self {
+        let (summary, _, _) = crate::notify::summarise(deliveries);
+        Self {
+            label,
+            event: None,
+            deliveries: Some(summary),
+            oldest_pending_age_seconds: None,
+        }
+    }
+
+    /// An invocation that ended without recording anything.
+    pub fn refused(label: &'static str) -> Self {
+        Self {
+            label,
+            event: None,
+            deliveries: None,
+            oldest_pending_age_seconds: None,
+        }
+    }
+}
 
 static COLD: AtomicBool = AtomicBool::new(true);
 
@@ -53,18 +104,17 @@ fn document(now_ms: i128, directive: Value, fields: Map<String, Value>) -> Value
     Value::Object(doc)
 }
 
-/// The EMF documents for one invocation. `event` is the answer when there is
-/// one; `outcome` names how it ended (`ok`, `bad_request`, `not_found`, ...).
-/// The per-channel documents come from `deliveries` when given (a worker's
-/// counts), else from the event's `info.deliverySummary`.
+/// The EMF documents for one invocation: one for the invocation, and one
+/// per channel of the deliveries it recorded itself (so a replay or a
+/// resume never counts again what an earlier invocation sent).
 pub fn documents(
     cfg: &MetricsConfig,
     cold_start: bool,
     request_id: &str,
-    outcome: &str,
-    event: Option<&NotificationEvent>,
-    deliveries: Option<&Map<String, Value>>,
+    ended: &Outcome,
 ) -> Vec<Value> {
+    let outcome = ended.label;
+    let event = ended.event.as_ref();
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let mut base = Map::new();
     base.insert("service".into(), json!(cfg.service));
@@ -99,7 +149,11 @@ pub fn documents(
             );
         }
     }
-    let summary = deliveries.or_else(|| event?.info.as_ref()?.get("deliverySummary")?.as_object());
+    if let Some(age) = ended.oldest_pending_age_seconds {
+        metrics.push(("OldestPendingEventAge", "Seconds"));
+        fields.insert("OldestPendingEventAge".into(), json!(age));
+    }
+    let summary = ended.deliveries.as_ref();
     let event_id = event.and_then(|e| e.event_id.as_ref());
     for (channel, counts) in summary.into_iter().flatten() {
         let mut f = base.clone();
@@ -107,16 +161,16 @@ pub fn documents(
             f.insert("eventID".into(), json!(id));
         }
         f.insert("channel".into(), json!(channel));
-        for (key, name) in [
-            ("sent", "DeliveriesSent"),
-            ("skipped", "DeliveriesSkipped"),
-            ("failed", "DeliveriesFailed"),
-        ] {
-            f.insert(
-                name.into(),
-                json!(counts.get(key).and_then(Value::as_u64).unwrap_or(0)),
-            );
-        }
+        let count = |key: &str| counts.get(key).and_then(Value::as_u64).unwrap_or(0);
+        f.insert("DeliveriesSent".into(), json!(count("sent")));
+        f.insert("DeliveriesSkipped".into(), json!(count("skipped")));
+        // An unconfirmed delivery is not known to have arrived: it counts as
+        // failed (so the failure alarms see it), and on its own.
+        f.insert(
+            "DeliveriesFailed".into(),
+            json!(count("failed") + count("unconfirmed")),
+        );
+        f.insert("DeliveriesUnconfirmed".into(), json!(count("unconfirmed")));
         let d = directive(
             &cfg.namespace,
             &["service", "channel"],
@@ -124,6 +178,7 @@ pub fn documents(
                 ("DeliveriesSent", "Count"),
                 ("DeliveriesSkipped", "Count"),
                 ("DeliveriesFailed", "Count"),
+                ("DeliveriesUnconfirmed", "Count"),
             ],
         );
         docs.push(document(now_ms, d, f));
@@ -158,17 +213,17 @@ mod tests {
         let event: NotificationEvent = serde_json::from_value(json!({
             "eventID": "e1", "contactIds": ["a", "b"],
             "timestamp": "2026-11-29T10:00:00.000Z", "lastUpdateTime": "2026-11-29T10:00:01.250Z",
-            "info": {"deliverySummary": {"EMAIL": {"sent": 2, "skipped": 0, "failed": 0}, "SMS": {"sent": 1, "skipped": 0, "failed": 1}}}
         }))
         .unwrap();
-        let docs = documents(
-            &MetricsConfig::default(),
-            true,
-            "r1",
-            "ok",
-            Some(&event),
-            None,
-        );
+        let ended = Outcome {
+            label: "ok",
+            event: Some(event),
+            deliveries: json!({"EMAIL": {"sent": 2, "skipped": 0, "failed": 0}, "SMS": {"sent": 1, "skipped": 0, "failed": 1}})
+                .as_object()
+                .cloned(),
+            oldest_pending_age_seconds: None,
+        };
+        let docs = documents(&MetricsConfig::default(), true, "r1", &ended);
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[0]["Recipients"], 2);
         assert_eq!(docs[0]["FanOutDuration"], 1250);
@@ -201,9 +256,7 @@ mod tests {
             &MetricsConfig::default(),
             false,
             "r2",
-            "bad_request",
-            None,
-            None,
+            &Outcome::refused("bad_request"),
         );
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0]["outcome"], "bad_request");
@@ -213,10 +266,45 @@ mod tests {
             &MetricsConfig::default(),
             false,
             "r3",
-            "internal",
-            None,
-            None,
+            &Outcome::refused("internal"),
         );
         assert_eq!(docs[0]["InternalErrors"], 1);
+    }
+
+    #[test]
+    fn unconfirmed_deliveries_count_as_failed_and_on_their_own() {
+        let ended = Outcome {
+            deliveries: json!({"EMAIL": {"sent": 1, "skipped": 0, "failed": 1, "unconfirmed": 2}})
+                .as_object()
+                .cloned(),
+            ..Outcome::refused("work")
+        };
+        let docs = documents(&MetricsConfig::default(), false, "r4", &ended);
+        let email = docs.iter().find(|d| d["channel"] == "EMAIL").unwrap();
+        assert_eq!(email["DeliveriesFailed"], 3);
+        assert_eq!(email["DeliveriesUnconfirmed"], 2);
+    }
+
+    #[test]
+    fn a_replayed_answer_counts_no_delivery_again() {
+        let event: NotificationEvent = serde_json::from_value(json!({
+            "eventID": "e1", "contactIds": ["a", "b"],
+            "info": {"deliverySummary": {"EMAIL": {"sent": 2, "skipped": 0, "failed": 0}}}
+        }))
+        .unwrap();
+        let replay = Notified {
+            event,
+            recorded: Vec::new(),
+            replay: true,
+        };
+        let docs = documents(
+            &MetricsConfig::default(),
+            false,
+            "r5",
+            &Outcome::answered(&replay),
+        );
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        assert_eq!(docs[0]["outcome"], "replay");
+        assert!(docs[0].get("Recipients").is_none());
     }
 }

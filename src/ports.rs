@@ -50,6 +50,37 @@ pub struct SendError {
     /// True when the provider may have accepted the message all the same (a
     /// timeout, a connection lost mid-request): it must not be sent again.
     pub outcome_unknown: bool,
+    /// True when the account's quota or rate refused it (after the SDK's
+    /// retries), not the recipient: it is put back to be sent later, never
+    /// recorded FAILED.
+    pub throttled: bool,
+}
+
+impl SendError {
+    /// A refusal for which sending the same message again cannot help.
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            permanent: true,
+            outcome_unknown: false,
+            throttled: false,
+        }
+    }
+    /// A refusal that a later attempt may overcome.
+    pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            permanent: false,
+            ..Self::permanent(code, message)
+        }
+    }
+    /// No answer that says whether the provider took the message.
+    pub fn unknown(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            outcome_unknown: true,
+            ..Self::transient(code, message)
+        }
+    }
 }
 
 pub trait OfferStore: Send + Sync {
@@ -73,6 +104,16 @@ pub trait OfferStore: Send + Sync {
     ) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send;
 }
 
+/// The contacts found among the IDs asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contacts {
+    pub found: Vec<Contact>,
+    /// IDs whose stored item exists but cannot be read as a contact (another
+    /// writer's data): their deliveries fail with a reason; nothing of the
+    /// item is kept or logged.
+    pub unreadable: Vec<String>,
+}
+
 pub trait ContactStore: Send + Sync {
     /// The contacts of `org` among `ids` (no duplicates in `ids`); IDs with no
     /// contact in that organisation are simply absent from the answer.
@@ -80,7 +121,7 @@ pub trait ContactStore: Send + Sync {
         &self,
         org: &OrgId,
         ids: &[ContactId],
-    ) -> impl Future<Output = Result<Vec<Contact>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Contacts, StoreError>> + Send;
 }
 
 /// The state of one idempotency key (CONTRACT-scoped to the organisation).
@@ -192,16 +233,26 @@ pub trait EventStore: Send + Sync {
         event_id: &str,
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
-    /// Writes each delivery only where the ledger holds it as `QUEUED`: the
-    /// answer says, in order, which were written. This is how a worker takes a
-    /// queued delivery, so two workers never both send it, and no message can
-    /// make a worker send what the request did not put in the ledger.
+    /// Writes each delivery only where the ledger holds it as `QUEUED` in
+    /// work batch `batch`: the answer says, per delivery in order, whether it
+    /// was written. This is how a worker takes a queued delivery, so two
+    /// workers never both send it, and no message can make a worker send (or
+    /// fail) what the request did not queue in that message's batch.
     fn replace_queued(
         &self,
         org: &OrgId,
         event_id: &str,
+        batch: &str,
         deliveries: &[Delivery],
-    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    ) -> impl Future<Output = Replaced> + Send;
+    /// Removes ledger entries (best effort, after an intent write whose answer
+    /// was an error: whatever of it landed must not look like a send).
+    fn forget_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Records the queue messages (work batches) of a handed-off event, unless
     /// they are already recorded.
     fn open_batches(
@@ -224,6 +275,61 @@ pub trait EventStore: Send + Sync {
         &self,
         event: &NotificationEvent,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// PENDING events of every organisation whose `info.resumeAfter` is past
+    /// (at most `limit`), and when the oldest PENDING event was created: the
+    /// sweeper's view.
+    fn stale_events(
+        &self,
+        now: time::OffsetDateTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<StaleEvents, StoreError>> + Send;
+    /// Moves a PENDING event's lease to `to` (`info.resumeAfter`) with
+    /// `info.sweeps` = `sweeps`, only if it still says `from`: whoever moves
+    /// it resumes the event; `false` when another did first, or it is closed.
+    fn move_lease(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        from: Option<&str>,
+        to: time::OffsetDateTime,
+        sweeps: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// PENDING events past their lease, for the sweeper.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StaleEvents {
+    pub stale: Vec<(OrgId, String)>,
+    /// Creation time (epoch ms) of the oldest PENDING event, stale or not.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// What became of each delivery of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// The ledger does not hold it QUEUED in that batch: not written.
+    NotQueued,
+    /// The store failed; whether it landed is unknown.
+    Failed,
+}
+
+/// The answer to `replace_queued`: per delivery, in order, what became of
+/// it, and the first failure when there was one.
+#[derive(Debug)]
+pub struct Replaced {
+    pub written: Vec<Written>,
+    pub failure: Option<StoreError>,
+}
+
+impl Replaced {
+    /// Which were written, or the failure when any write failed.
+    pub fn all_or_error(self) -> Result<Vec<bool>, StoreError> {
+        match self.failure {
+            Some(e) => Err(e),
+            None => Ok(self.written.iter().map(|w| *w == Written::Yes).collect()),
+        }
+    }
 }
 
 /// Where a handed-off event stands after a batch completed.
@@ -342,7 +448,7 @@ macro_rules! delegate {
             }
         }
         impl<X: ContactStore + ?Sized> ContactStore for $wrapper {
-            fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> impl Future<Output = Result<Vec<Contact>, StoreError>> + Send {
+            fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> impl Future<Output = Result<Contacts, StoreError>> + Send {
                 (**self).contacts(org, ids)
             }
         }
@@ -365,8 +471,11 @@ macro_rules! delegate {
             fn deliveries(&self, org: &OrgId, event_id: &str, keys: &[String]) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send {
                 (**self).deliveries(org, event_id, keys)
             }
-            fn replace_queued(&self, org: &OrgId, event_id: &str, deliveries: &[Delivery]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
-                (**self).replace_queued(org, event_id, deliveries)
+            fn replace_queued(&self, org: &OrgId, event_id: &str, batch: &str, deliveries: &[Delivery]) -> impl Future<Output = Replaced> + Send {
+                (**self).replace_queued(org, event_id, batch, deliveries)
+            }
+            fn forget_deliveries(&self, org: &OrgId, event_id: &str, keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).forget_deliveries(org, event_id, keys)
             }
             fn open_batches(&self, org: &OrgId, event_id: &str, batch_ids: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).open_batches(org, event_id, batch_ids)
@@ -376,6 +485,12 @@ macro_rules! delegate {
             }
             fn close_event(&self, event: &NotificationEvent) -> impl Future<Output = Result<bool, StoreError>> + Send {
                 (**self).close_event(event)
+            }
+            fn stale_events(&self, now: time::OffsetDateTime, limit: usize) -> impl Future<Output = Result<StaleEvents, StoreError>> + Send {
+                (**self).stale_events(now, limit)
+            }
+            fn move_lease(&self, org: &OrgId, event_id: &str, from: Option<&str>, to: time::OffsetDateTime, sweeps: u32) -> impl Future<Output = Result<bool, StoreError>> + Send {
+                (**self).move_lease(org, event_id, from, to, sweeps)
             }
         }
         impl<X: IdempotencyStore + ?Sized> IdempotencyStore for $wrapper {

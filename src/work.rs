@@ -8,7 +8,7 @@
 //! redelivered message never sends an accepted delivery again. A delivery a
 //! crashed worker left SENDING becomes UNCONFIRMED and is not resent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use tracing::Instrument;
@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::model::{
     ContactId, Delivery, DeliveryStatus, EventStatus, IdempotencyKey, OfferId, OrgId,
 };
-use crate::notify::{Action, Notifier, Recipients, failed_all, skipped, unconfirm};
+use crate::notify::{Action, Announce, Hold, Notifier, failed_all, skipped, unconfirm};
 use crate::ports::{
     ContactStore, EventStore, IdempotencyStore, Mailer, OfferStore, SmsSender, StoreError,
     TopicPublisher, WorkBatch,
@@ -55,6 +55,8 @@ pub enum WorkError {
     OutOfTime(usize),
     #[error("{0} deliveries are being sent by another receive of this message")]
     InFlightElsewhere(usize),
+    #[error("the provider's quota refused {0} deliveries; they are queued again")]
+    Throttled(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,7 +68,7 @@ pub trait Work: Send + Sync {
         &self,
         batch: WorkBatch,
         receive_count: u32,
-        deadline: Option<std::time::Instant>,
+        deadline: Option<tokio::time::Instant>,
     ) -> impl Future<Output = Result<Worked, WorkError>> + Send;
 }
 
@@ -81,7 +83,7 @@ where
         &self,
         batch: WorkBatch,
         receive_count: u32,
-        deadline: Option<std::time::Instant>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Worked, WorkError> {
         let span = tracing::info_span!("work", event_id = %batch.event_id, batch = %batch.batch_id, receive_count);
         async move {
@@ -143,7 +145,7 @@ where
     async fn work_once(
         &self,
         batch: &WorkBatch,
-        deadline: Option<std::time::Instant>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Worked, WorkError> {
         let Ids {
             org,
@@ -173,27 +175,56 @@ where
             })
             .ok_or_else(|| WorkError::OfferGone(offer_id.clone()))?;
 
-        // Where each named delivery stands now.
+        // Where each named delivery stands now. Every one must be in the
+        // ledger under this message's batch: a message that names anything
+        // else (forged, or corrupted) is refused whole, and sends nothing.
         let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
-        let ledger = self.store.deliveries(&org, &event_id, &keys).await?;
+        let ledger: HashMap<String, Delivery> = self
+            .store
+            .deliveries(&org, &event_id, &keys)
+            .await?
+            .into_iter()
+            .map(|d| (d.key(), d))
+            .collect();
+        let foreign = keys
+            .iter()
+            .filter(|k| match ledger.get(*k) {
+                None => true,
+                Some(d) if d.status == DeliveryStatus::Queued => {
+                    d.batch.as_deref() != Some(batch.batch_id.as_str())
+                }
+                // Settled entries keep their batch; older ones may have none.
+                Some(d) => d
+                    .batch
+                    .as_deref()
+                    .is_some_and(|b| b != batch.batch_id.as_str()),
+            })
+            .count();
+        if foreign > 0 {
+            tracing::warn!(
+                foreign,
+                "the message names deliveries that are not in its batch; refused whole"
+            );
+            return Err(WorkError::Malformed(format!(
+                "it names {foreign} deliveries that its batch does not hold"
+            )));
+        }
         let mut unconfirmed = Vec::new();
-        let mut settled: HashSet<String> = HashSet::new();
         let mut busy = 0;
         let lease = time::Duration::try_from(self.policy.hand_off.sending_lease)
             .unwrap_or(time::Duration::MAX);
         let now = crate::model::event::now_millis();
         let mut queued: HashSet<String> = HashSet::new();
-        for mut d in ledger {
-            let key = d.key();
+        for d in ledger.into_values() {
             match d.status {
                 DeliveryStatus::Queued => {
-                    queued.insert(key);
-                    continue;
+                    queued.insert(d.key());
                 }
                 // Taken moments ago: another copy of this message (SQS may deliver
                 // one twice) is sending it. Not ours to send or to settle.
                 DeliveryStatus::Sending if now - d.time < lease => busy += 1,
                 DeliveryStatus::Sending => {
+                    let mut d = d;
                     unconfirm(
                         &mut d,
                         "an earlier receive of this message stopped between sending and recording",
@@ -202,27 +233,17 @@ where
                 }
                 _ => {}
             }
-            settled.insert(key);
         }
         if !unconfirmed.is_empty() {
             self.store
                 .save_deliveries(&org, &event_id, &unconfirmed)
                 .await?;
         }
-        // Only what the ledger holds as QUEUED is this message's to send; a
-        // delivery it names that the request never queued is ignored.
         let wanted: Vec<&crate::ports::WorkItem> = batch
             .deliveries
             .iter()
             .filter(|i| queued.contains(&i.key()))
             .collect();
-        let unknown = batch.deliveries.len() - wanted.len() - settled.len();
-        if unknown > 0 {
-            tracing::warn!(
-                unknown,
-                "the message names deliveries the ledger does not hold as queued; ignored"
-            );
-        }
 
         // Plan again, for the wanted deliveries only: contacts and settings
         // are read now, and the content rendered now.
@@ -241,12 +262,7 @@ where
                 list.push(c.to_owned());
             }
         }
-        let contacts = self.contacts_by_id(&org, &recipient_ids, &cc_ids).await?;
-        let recipients = Recipients {
-            ids: recipient_ids,
-            cc_ids,
-            contacts,
-        };
+        let recipients = self.recipients_of(&org, recipient_ids, cc_ids).await?;
         let wanted_keys: HashSet<String> = wanted.iter().map(|i| i.key()).collect();
         let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
         let actions: Vec<Action> = actions
@@ -269,76 +285,88 @@ where
                 "no longer planned: the contact or the organization's channels changed after the request",
             ));
         }
+        for d in &mut decided {
+            d.batch = Some(batch.batch_id.clone());
+        }
 
-        // Take the deliveries: only what is still QUEUED becomes this worker's.
-        let mut writes = decided;
-        let skipped_count = writes.len();
-        writes.extend(actions.iter().map(Action::intent));
-        let taken = self.store.replace_queued(&org, &event_id, &writes).await?;
-        let mut recorded: Vec<Delivery> = writes
-            .iter()
-            .zip(&taken)
-            .take(skipped_count)
-            .filter(|(_, ok)| **ok)
-            .map(|(d, _)| d.clone())
-            .collect();
-        let taken_actions: Vec<Action> = actions
+        // What needs no send is recorded now (only where still QUEUED); each
+        // send is taken from QUEUED by the engine just before it starts.
+        let written = self
+            .store
+            .replace_queued(&org, &event_id, &batch.batch_id, &decided)
+            .await
+            .all_or_error()?;
+        let mut recorded: Vec<Delivery> = decided
             .into_iter()
-            .zip(taken.iter().skip(skipped_count))
-            .filter_map(|(a, ok)| ok.then_some(a))
+            .zip(&written)
+            .filter_map(|(d, ok)| ok.then_some(d))
             .collect();
-        // Not QUEUED any more since the ledger was read: another copy took them.
-        let lost = taken.iter().filter(|ok| !**ok).count();
-        busy += lost;
+        busy += written.iter().filter(|ok| !**ok).count();
         tracing::info!(
-            to_send = taken_actions.len(),
-            skipped = skipped_count,
-            already_taken = lost,
+            to_send = actions.len(),
+            recorded = recorded.len(),
             "sending a work batch"
         );
 
-        let (sent, not_started) = self
-            .send_all(&org, &event_id, taken_actions, deadline, false)
-            .await
-            .map_err(|e| match e {
-                crate::notify::NotifyError::Store(s) => WorkError::Store(s),
-                other => WorkError::Malformed(other.to_string()),
-            })?;
-        if !not_started.is_empty() {
-            // Back to QUEUED, so the message's next receive sends them.
-            let back: Vec<Delivery> = not_started
-                .iter()
-                .map(|a| {
-                    let mut d = a.intent();
-                    d.status = DeliveryStatus::Queued;
-                    d.batch = Some(batch.batch_id.clone());
-                    d
-                })
-                .collect();
+        let delivered = self
+            .deliver(
+                &org,
+                &event_id,
+                actions,
+                deadline,
+                Announce::Take {
+                    batch: &batch.batch_id,
+                },
+            )
+            .await;
+        recorded.extend(delivered.recorded);
+        busy += delivered.taken_elsewhere;
+        // A send the quota refused after it was taken goes back to QUEUED,
+        // so the message's next receive sends it.
+        let back: Vec<Delivery> = delivered
+            .held
+            .iter()
+            .filter(|h| h.announced)
+            .map(|h| h.action.queued(&batch.batch_id))
+            .collect();
+        if !back.is_empty() {
             self.store.save_deliveries(&org, &event_id, &back).await?;
-            return Err(WorkError::OutOfTime(back.len()));
         }
-        recorded.extend(sent);
+        if let Some(e) = delivered.failure {
+            return Err(WorkError::Store(e));
+        }
+        if let Some(first) = delivered.held.first() {
+            let n = delivered.held.len();
+            return Err(match first.why {
+                Hold::Quota => WorkError::Throttled(n),
+                _ => WorkError::OutOfTime(n),
+            });
+        }
         if busy > 0 {
             // The batch is complete only when all of it is recorded: the other
             // copy completes it, or this message's next receive does.
             return Err(WorkError::InFlightElsewhere(busy));
         }
-        let done = match self.complete(&org, &event_id, &batch.batch_id).await? {
+        let done = match self
+            .complete(&org, &event_id, Some(&batch.batch_id))
+            .await?
+        {
             Some(closed) => WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed)),
             None => WorkDone::Recorded,
         };
         Ok(Worked { done, recorded })
     }
 
-    /// The last receive failed: every delivery of the message still QUEUED is
-    /// recorded FAILED with the reason, one left SENDING becomes UNCONFIRMED,
-    /// and the batch is completed (closing the event if it was the last).
+    /// The last receive failed: every delivery of the message still QUEUED in
+    /// its batch is recorded FAILED with the reason, one it left SENDING
+    /// becomes UNCONFIRMED, and the batch is completed (closing the event if
+    /// it was the last). A message refused as not valid gives up nothing: it
+    /// may be forged, and its batch is not its own to close.
     async fn give_up(&self, batch: &WorkBatch, why: &WorkError) -> Result<(), StoreError> {
         let Ok(Ids { org, event_id, .. }) = ids(batch) else {
             return Ok(());
         };
-        if matches!(why, WorkError::EventNotFound(_)) {
+        if matches!(why, WorkError::EventNotFound(_) | WorkError::Malformed(_)) {
             return Ok(());
         }
         let reason = format!(
@@ -346,14 +374,20 @@ where
             self.policy.hand_off.max_receives
         );
         let failed = failed_all(batch, &reason);
-        self.store.replace_queued(&org, &event_id, &failed).await?;
+        self.store
+            .replace_queued(&org, &event_id, &batch.batch_id, &failed)
+            .await
+            .all_or_error()?;
         let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
         let mut left: Vec<Delivery> = self
             .store
             .deliveries(&org, &event_id, &keys)
             .await?
             .into_iter()
-            .filter(|d| d.status == DeliveryStatus::Sending)
+            .filter(|d| {
+                d.status == DeliveryStatus::Sending
+                    && d.batch.as_deref() == Some(batch.batch_id.as_str())
+            })
             .collect();
         for d in &mut left {
             unconfirm(d, "its queue message was abandoned after it was taken");
@@ -365,7 +399,8 @@ where
             deliveries = batch.deliveries.len(),
             "work message abandoned; its deliveries are recorded FAILED"
         );
-        self.complete(&org, &event_id, &batch.batch_id).await?;
+        self.complete(&org, &event_id, Some(&batch.batch_id))
+            .await?;
         Ok(())
     }
 }

@@ -44,9 +44,16 @@ async fn notify(app: &notify_offer_contacts::App) -> HttpAnswer {
     ctx.request_id = "fault-test".into();
     let event = common::read_json("events/http-api-notify-all-idempotent.json");
     HttpAnswer::from(
-        notify_offer_contacts::event::handle(app, None, LambdaEvent::new(event, ctx))
-            .await
-            .unwrap(),
+        notify_offer_contacts::event::handle(
+            app,
+            &notify_offer_contacts::event::Edge {
+                access: notify_offer_contacts::config::Access::local(),
+                metrics: None,
+            },
+            LambdaEvent::new(event, ctx),
+        )
+        .await
+        .unwrap(),
     )
 }
 
@@ -242,30 +249,35 @@ async fn sns_fails_the_topic_publish_once_with_a_500() {
 }
 
 #[tokio::test]
-async fn ses_throttling_every_email_fails_those_deliveries_only() {
+async fn ses_throttling_every_email_puts_the_emails_back_and_a_retry_sends_them() {
     let env = TestEnv::new().await;
     let proxy = FaultProxy::start(&env.moto.endpoint).await;
     proxy.inject("SES.SendEmail", Fault::Throttle, 0, usize::MAX);
-    let answer = notify(&through_proxy(&env, &proxy).await).await;
+    let app = through_proxy(&env, &proxy).await;
+    let answer = notify(&app).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.body["eventStatus"], "FAILED");
-    assert_eq!(proxy.calls("SES.SendEmail"), 6, "2 emails x 3 attempts");
+    // The quota refused, not the recipients: nobody is FAILED, the emails
+    // are NOT_STARTED, and the event waits for them.
+    assert_eq!(answer.body["eventStatus"], "PENDING", "{}", answer.body);
+    assert!(
+        proxy.calls("SES.SendEmail") <= 6,
+        "at most 2 emails x 3 attempts"
+    );
     assert_eq!(
         answer.body["info"]["deliverySummary"]["EMAIL"],
-        json!({"sent": 0, "skipped": 1, "failed": 2})
+        json!({"sent": 0, "skipped": 1, "failed": 0, "notStarted": 2})
     );
-    let failed: Vec<&Value> = answer.body["info"]["deliveries"]
+    let held: Vec<&Value> = answer.body["info"]["deliveries"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["status"] == "FAILED")
+        .filter(|d| d["status"] == "NOT_STARTED")
         .collect();
+    assert_eq!(held.len(), 2);
     assert!(
-        failed.iter().all(|d| d["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("TooManyRequestsException")),
-        "{failed:?}"
+        held.iter()
+            .all(|d| d["reason"].as_str().unwrap().contains("quota")),
+        "{held:?}"
     );
     assert_eq!(
         sent_once_each(&env),
@@ -273,6 +285,14 @@ async fn ses_throttling_every_email_fails_those_deliveries_only() {
         "SMS and topic still went out"
     );
     stored_truth(&env, &answer).await;
+
+    // The quota recovers; the retry with the same key sends the emails, once.
+    proxy.clear();
+    let retry = notify(&app).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.body["eventStatus"], "DONE", "{}", retry.body);
+    assert_eq!(sent_once_each(&env), (2, 2, 1));
+    stored_truth(&env, &retry).await;
 }
 
 #[tokio::test]

@@ -113,8 +113,11 @@ async fn a_run_that_died_half_way_is_resumed_and_nobody_is_sent_twice() {
         now_ms() / 1000 + 3600,
     )
     .await;
+    // As the previous version stored it: no lease in `info` yet.
     let event = json!({"pk": "ORG#org-demo", "sk": format!("EVENT#{event_id}"), "eventID": event_id, "organizationID": "org-demo",
-        "action": "NOTIFY_CONTACTS", "eventStatus": "PENDING", "timestamp": "2026-11-29T10:00:00Z"});
+        "action": "NOTIFY_CONTACTS", "eventStatus": "PENDING", "timestamp": "2026-11-29T10:00:00Z",
+        "entityID": "offer-demo", "entityType": "OFFER", "contactIds": ["c-ann", "c-bob", "c-cat"],
+        "channels": ["EMAIL", "SMS", "SNS"]});
     let ann = json!({"pk": "ORG#org-demo", "sk": format!("DELIVERY#{event_id}#EMAIL#c-ann"), "eventID": event_id,
         "channel": "EMAIL", "contactId": "c-ann", "status": "SENT", "messageId": "earlier", "time": "2026-11-29T10:00:01Z"});
     common::seed(&env.sdk, &env.table, &json!({"items": [event, ann]})).await;

@@ -276,12 +276,17 @@ async fn sns_channel_publishes_the_event_once_with_filter_attributes() {
         sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:org1".into()),
         ..Default::default()
     };
-    let (n, _, provider) = notifier(store().with_settings(ORG, settings));
+    let (mut n, _, provider) = notifier(store().with_settings(ORG, settings));
+    n.policy.topic_arn_prefix = Some("arn:aws:sns:us-east-1:123456789012:org".into());
     let event = n.notify(cmd(None)).await.unwrap();
     let published = provider.published();
     assert_eq!(published.len(), 1);
     let body: NotificationEvent = serde_json::from_str(&published[0].body).unwrap();
     assert_eq!(body.event_id, event.event_id);
+    // A summary: the recipients' IDs and count, never their addresses.
+    assert_eq!(body.contact_emails, None);
+    let raw: serde_json::Value = serde_json::from_str(&published[0].body).unwrap();
+    assert_eq!(raw["contactCount"], 3);
     assert!(
         published[0]
             .attributes
@@ -336,12 +341,7 @@ async fn a_refused_recipient_does_not_stop_the_others_and_the_event_says_failed(
     let (n, store, provider) = notifier(store());
     provider.refuse(
         "a@example.com",
-        SendError {
-            code: "MessageRejected".into(),
-            message: "Email address is not verified.".into(),
-            permanent: true,
-            outcome_unknown: false,
-        },
+        SendError::permanent("MessageRejected", "Email address is not verified."),
     );
     let event = n.notify(cmd(None)).await.unwrap();
     assert_eq!(event.event_status, Some(EventStatus::Failed));
@@ -573,7 +573,7 @@ async fn a_repeat_while_the_first_is_running_is_a_conflict() {
     assert_eq!(provider.emails().len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn near_the_deadline_no_send_starts_and_a_retry_sends_only_the_rest() {
     let store = Arc::new(store());
     let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(100)));
@@ -584,13 +584,17 @@ async fn near_the_deadline_no_send_starts_and_a_retry_sends_only_the_rest() {
         RateLimits::default(),
         Policy {
             deadline_margin: Duration::ZERO,
+            min_send_time: Duration::from_millis(100),
+            answer_margin: Duration::ZERO,
             ..Default::default()
         },
     );
-    // a and b by email (100 ms each, one at a time); the deadline falls during the first.
+    // a and b by email (100 ms each, one at a time). A send may start only
+    // while 100 ms are left: the first starts at once, the second (at 100 ms,
+    // with 50 ms left) does not.
     let first = n
         .notify(NotifyCommand {
-            deadline: Some(std::time::Instant::now() + Duration::from_millis(50)),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_millis(150)),
             ..keyed(None, "k1")
         })
         .await

@@ -102,7 +102,7 @@ async fn opens_recorded_during_a_run_survive_its_final_write() {
     let request = common::read_json("events/http-api-notify-all-idempotent.json");
     let first = notify_offer_contacts::event::handle(
         &env.app,
-        None,
+        &env.edge,
         LambdaEvent::new(request.clone(), ctx),
     )
     .await

@@ -96,6 +96,8 @@ async fn the_built_binary_serves_events_under_the_runtime_emulator() {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("TABLE_NAME", &table)
             .env("SENDER_EMAIL", SENDER)
+            .env("ALLOW_WITHOUT_AUTHORIZER", "direct")
+            .env("TOPIC_ARN_PREFIX", common::TOPIC_ARN_PREFIX)
             .env("AWS_LAMBDA_LOG_LEVEL", "debug")
             .env("POWERTOOLS_METRICS_NAMESPACE", "NotifyTest")
             .env("POWERTOOLS_SERVICE_NAME", "notify-test")

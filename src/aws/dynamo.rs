@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
+};
 
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -14,8 +16,8 @@ use crate::model::{
     OfferId, OrgId,
 };
 use crate::ports::{
-    BatchProgress, Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStore,
-    KeyOutcome, OfferStore, StoreError,
+    BatchProgress, Claim, ContactStore, Contacts, EventStore, IdempotencyRecord, IdempotencyStore,
+    KeyOutcome, OfferStore, Replaced, StaleEvents, StoreError, Written,
 };
 use crate::tracking::{Open, OpenTracker, Recorded, apply_open};
 use futures::StreamExt;
@@ -75,8 +77,23 @@ fn unavailable<E: std::error::Error + Send + Sync + 'static>(
 fn malformed(op: &'static str) -> impl FnOnce(serde_dynamo::Error) -> StoreError {
     move |e| StoreError::Malformed {
         op,
-        detail: e.to_string(),
+        detail: shape_error(&e),
     }
+}
+
+/// What serde found wrong with an item, without the item's values: serde's
+/// own text quotes them (`invalid type: string "ann@example.com", ...`), and
+/// error texts are logged. Keeps only the part that names our expectation.
+pub fn shape_error(e: &serde_dynamo::Error) -> String {
+    let text = e.to_string();
+    if let Some(i) = text.find(", expected ") {
+        let (what, _) = text.split_at(text.find(':').unwrap_or(0).min(i));
+        return format!("{}{}", what.trim(), &text[i..]);
+    }
+    if text.starts_with("missing field") {
+        return text;
+    }
+    "the item does not have the expected shape".into()
 }
 
 /// Exponential backoff with jitter for unprocessed batch entries: 25 ms, 50 ms,
@@ -159,6 +176,7 @@ impl DynamoStore {
     ) -> Result<(), StoreError> {
         let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
         item.extend(key(pk, sk));
+        item.extend(pending_index(event));
         match self.put_item_if(op, item, condition, &[], values).await? {
             true => Ok(()),
             false => Err(StoreError::Conflict { op }),
@@ -200,7 +218,7 @@ impl DynamoStore {
     /// Writes items in batches of 25, retrying unprocessed ones with backoff.
     async fn write_all(&self, op: &'static str, items: Vec<Item>) -> Result<(), StoreError> {
         for chunk in items.chunks(BATCH_WRITE_MAX) {
-            let mut pending: Vec<WriteRequest> = chunk
+            let puts: Vec<WriteRequest> = chunk
                 .iter()
                 .map(|item| {
                     let put = PutRequest::builder()
@@ -210,31 +228,41 @@ impl DynamoStore {
                     Ok(WriteRequest::builder().put_request(put).build())
                 })
                 .collect::<Result<_, StoreError>>()?;
-            let mut attempt = 0;
-            while !pending.is_empty() {
-                if attempt == BATCH_ATTEMPTS {
-                    return Err(StoreError::Incomplete {
-                        op,
-                        left: pending.len(),
-                        attempts: attempt,
-                    });
-                }
-                if attempt > 0 {
-                    backoff(attempt).await;
-                }
-                attempt += 1;
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, std::mem::take(&mut pending))
-                    .send()
-                    .await
-                    .map_err(unavailable(op))?;
-                pending = out
-                    .unprocessed_items
-                    .and_then(|mut m| m.remove(&self.table))
-                    .unwrap_or_default();
+            self.write_requests(op, puts).await?;
+        }
+        Ok(())
+    }
+
+    /// One BatchWriteItem of at most 25 requests, retrying unprocessed ones with backoff.
+    async fn write_requests(
+        &self,
+        op: &'static str,
+        mut pending: Vec<WriteRequest>,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            if attempt == BATCH_ATTEMPTS {
+                return Err(StoreError::Incomplete {
+                    op,
+                    left: pending.len(),
+                    attempts: attempt,
+                });
             }
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            attempt += 1;
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, std::mem::take(&mut pending))
+                .send()
+                .await
+                .map_err(unavailable(op))?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(&self.table))
+                .unwrap_or_default();
         }
         Ok(())
     }
@@ -290,17 +318,35 @@ impl OfferStore for DynamoStore {
 }
 
 impl ContactStore for DynamoStore {
-    async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Vec<Contact>, StoreError> {
+    async fn contacts(&self, org: &OrgId, ids: &[ContactId]) -> Result<Contacts, StoreError> {
         const OP: &str = "read contacts";
         let keys = ids
             .iter()
             .map(|id| key(org_pk(org), contact_sk(id.as_str())))
             .collect();
-        self.batch_get(OP, keys, false)
-            .await?
-            .into_iter()
-            .map(|item| serde_dynamo::from_item(item).map_err(malformed(OP)))
-            .collect()
+        let mut out = Contacts::default();
+        for item in self.batch_get(OP, keys, false).await? {
+            // The ID from the key, not from the item: the key is ours.
+            let id = match item.get("sk") {
+                Some(AttributeValue::S(sk)) => sk.strip_prefix("CONTACT#").map(str::to_owned),
+                _ => None,
+            };
+            match serde_dynamo::from_item::<_, Contact>(item) {
+                Ok(contact) => out.found.push(contact),
+                Err(e) => {
+                    // Another writer's data: that recipient fails, the others go
+                    // out. Only the contact ID and the expected shape are logged.
+                    tracing::warn!(
+                        op = OP,
+                        contact_id = id.as_deref().unwrap_or("-"),
+                        problem = %shape_error(&e),
+                        "contact record unreadable"
+                    );
+                    out.unreadable.extend(id);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -584,18 +630,52 @@ impl EventStore for DynamoStore {
         &self,
         org: &OrgId,
         event_id: &str,
+        batch: &str,
         deliveries: &[Delivery],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Replaced {
         let writes: Vec<_> = deliveries
             .iter()
-            .map(|d| self.put_if_queued(org, event_id, d))
+            .map(|d| self.put_if_queued(org, event_id, batch, d))
             .collect();
-        futures::stream::iter(writes)
+        let mut failure = None;
+        let written = futures::stream::iter(writes)
             .buffered(CONDITIONAL_WRITES_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .collect()
+            .map(|r| match r {
+                Ok(true) => Written::Yes,
+                Ok(false) => Written::NotQueued,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    Written::Failed
+                }
+            })
+            .collect();
+        Replaced { written, failure }
+    }
+
+    async fn forget_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "forget intents";
+        for chunk in keys.chunks(BATCH_WRITE_MAX) {
+            let deletes = chunk
+                .iter()
+                .map(|k| {
+                    let delete = DeleteRequest::builder()
+                        .set_key(Some(key(org_pk(org), format!("DELIVERY#{event_id}#{k}"))))
+                        .build()
+                        .map_err(unavailable(OP))?;
+                    Ok(WriteRequest::builder().delete_request(delete).build())
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.write_requests(OP, deletes).await?;
+        }
+        Ok(())
     }
 
     async fn open_batches(
@@ -607,23 +687,147 @@ impl EventStore for DynamoStore {
         if batch_ids.is_empty() {
             return Ok(());
         }
-        let mut item = key(org_pk(org), work_sk(event_id));
-        item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
-        item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
-        item.insert(
-            "pendingBatches".into(),
-            AttributeValue::Ss(batch_ids.to_vec()),
-        );
-        // Already recorded (a retried hand-off): what is recorded stands.
-        self.put_item_if(
-            "record work batches",
-            item,
-            "attribute_not_exists(pk)",
-            &[],
-            vec![],
-        )
-        .await?;
+        // ADD: a retried or rebuilt hand-off adds what is missing; a batch
+        // already there stays once.
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), work_sk(event_id))))
+            .update_expression("ADD pendingBatches :ids SET eventID = :e, organizationID = :o")
+            .expression_attribute_values(":ids", AttributeValue::Ss(batch_ids.to_vec()))
+            .expression_attribute_values(":e", AttributeValue::S(event_id.to_owned()))
+            .expression_attribute_values(":o", AttributeValue::S(org.to_string()))
+            .send()
+            .await
+            .map_err(unavailable("record work batches"))?;
         Ok(())
+    }
+
+    async fn stale_events(
+        &self,
+        now: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<StaleEvents, StoreError> {
+        const OP: &str = "find stale events";
+        let now_ms = epoch_ms(now);
+        let mut out = StaleEvents::default();
+        let mut start: Option<Item> = None;
+        for _ in 0..SWEEP_PAGES {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PENDING_INDEX)
+                .key_condition_expression("pendingIndex = :p")
+                .expression_attribute_values(":p", AttributeValue::S(PENDING.into()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable(OP))?;
+            for item in page.items.unwrap_or_default() {
+                let number = |k: &str| match item.get(k) {
+                    Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+                    _ => None,
+                };
+                let text = |k: &str| match item.get(k) {
+                    Some(AttributeValue::S(s)) => Some(s.as_str()),
+                    _ => None,
+                };
+                if let Some(since) = number("pendingSince") {
+                    out.oldest_pending_ms =
+                        Some(out.oldest_pending_ms.map_or(since, |o| o.min(since)));
+                }
+                let org = text("pk")
+                    .and_then(|pk| pk.strip_prefix("ORG#"))
+                    .and_then(|o| OrgId::parse(o).ok());
+                let id = text("sk").and_then(|sk| sk.strip_prefix("EVENT#"));
+                if let (Some(org), Some(id), Some(at)) = (org, id, number("resumeAt"))
+                    && at <= now_ms
+                    && out.stale.len() < limit
+                {
+                    out.stale.push((org, id.to_owned()));
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn move_lease(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        from: Option<&str>,
+        to: time::OffsetDateTime,
+        sweeps: u32,
+    ) -> Result<bool, StoreError> {
+        let to_text = to
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| StoreError::Malformed {
+                op: "move event lease",
+                detail: e.to_string(),
+            })?;
+        let update = || {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(org_pk(org), event_sk(event_id))))
+                .expression_attribute_values(":ms", AttributeValue::N(epoch_ms(to).to_string()))
+                .expression_attribute_values(":pending", AttributeValue::S(PENDING.into()))
+        };
+        let attempt = match from {
+            Some(from) => {
+                update()
+                    .update_expression(
+                        "SET info.resumeAfter = :to, info.sweeps = :n, resumeAt = :ms",
+                    )
+                    .condition_expression("eventStatus = :pending AND info.resumeAfter = :from")
+                    .expression_attribute_values(":to", AttributeValue::S(to_text.clone()))
+                    .expression_attribute_values(":n", AttributeValue::N(sweeps.to_string()))
+                    .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+                    .send()
+                    .await
+            }
+            // An event stored before leases existed: give it its first one.
+            None => {
+                let first = update()
+                    .update_expression("SET info = :info, resumeAt = :ms")
+                    .condition_expression("eventStatus = :pending AND attribute_not_exists(info)")
+                    .expression_attribute_values(
+                        ":info",
+                        AttributeValue::M(HashMap::from([
+                            ("resumeAfter".to_owned(), AttributeValue::S(to_text.clone())),
+                            ("sweeps".to_owned(), AttributeValue::N(sweeps.to_string())),
+                        ])),
+                    )
+                    .send()
+                    .await;
+                match first {
+                    Err(e) if conditional_failed(&e) => {
+                        update()
+                            .update_expression(
+                                "SET info.resumeAfter = :to, info.sweeps = :n, resumeAt = :ms",
+                            )
+                            .condition_expression(
+                                "eventStatus = :pending AND attribute_exists(info) AND attribute_not_exists(info.resumeAfter)",
+                            )
+                            .expression_attribute_values(":to", AttributeValue::S(to_text.clone()))
+                            .expression_attribute_values(":n", AttributeValue::N(sweeps.to_string()))
+                            .send()
+                            .await
+                    }
+                    other => other,
+                }
+            }
+        };
+        match attempt {
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable("move event lease")(e)),
+        }
     }
 
     async fn complete_batch(
@@ -717,22 +921,27 @@ fn delivery_item(org: &OrgId, event_id: &str, d: &Delivery) -> Result<Item, serd
 }
 
 impl DynamoStore {
-    /// Writes one delivery where the ledger holds it QUEUED or not at all.
+    /// Writes one delivery where the ledger holds it QUEUED in `batch`.
     async fn put_if_queued(
         &self,
         org: &OrgId,
         event_id: &str,
+        batch: &str,
         d: &Delivery,
     ) -> Result<bool, StoreError> {
         const OP: &str = "take queued deliveries";
         let item = delivery_item(org, event_id, d).map_err(malformed(OP))?;
-        // The entry must exist, QUEUED: a message cannot add deliveries.
+        // The entry must exist, QUEUED in this message's batch: a message can
+        // neither add deliveries nor take another batch's.
         self.put_item_if(
             OP,
             item,
-            "#st = :queued",
-            &[("#st", "status")],
-            vec![(":queued", AttributeValue::S("QUEUED".into()))],
+            "#st = :queued AND #b = :batch",
+            &[("#st", "status"), ("#b", "batch")],
+            vec![
+                (":queued", AttributeValue::S("QUEUED".into())),
+                (":batch", AttributeValue::S(batch.to_owned())),
+            ],
         )
         .await
     }
@@ -807,6 +1016,41 @@ impl DynamoStore {
             op: "store final event: too many concurrent writers",
         })
     }
+}
+
+/// The sweeper's index over PENDING events of every organisation: an event
+/// is in it while it is PENDING with an `info.resumeAfter`; a final write
+/// (a whole new item without these attributes) takes it out.
+pub const PENDING_INDEX: &str = "PendingEvents";
+const PENDING: &str = "PENDING";
+/// Pages of the index one sweep reads at most (each up to 1 MB of keys).
+const SWEEP_PAGES: usize = 10;
+
+/// `pendingIndex`, `pendingSince` (creation, epoch ms) and `resumeAt` (epoch
+/// ms) for a PENDING event with a lease; nothing for any other.
+fn pending_index(event: &NotificationEvent) -> Vec<(String, AttributeValue)> {
+    if event.event_status != Some(crate::model::EventStatus::Pending) {
+        return Vec::new();
+    }
+    let Some(resume) = crate::notify::resume_after(event) else {
+        return Vec::new();
+    };
+    let since = event.timestamp.unwrap_or(resume);
+    vec![
+        ("pendingIndex".into(), AttributeValue::S(PENDING.into())),
+        (
+            "pendingSince".into(),
+            AttributeValue::N(epoch_ms(since).to_string()),
+        ),
+        (
+            "resumeAt".into(),
+            AttributeValue::N(epoch_ms(resume).to_string()),
+        ),
+    ]
+}
+
+fn epoch_ms(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Attempts of a read-modify-write before giving up to a concurrent writer.

@@ -92,44 +92,42 @@ pub fn sns_client(sdk: &SdkConfig) -> aws_sdk_sns::Client {
 }
 
 /// Turns an SDK error into a per-message refusal, keeping the provider's code.
-/// `permanent` lists the codes for which sending again cannot help.
-pub(crate) fn send_error<E, R>(err: &SdkError<E, R>, permanent: &[&str]) -> SendError
+/// `permanent` lists the codes for which sending again cannot help;
+/// `quota` the codes by which the account's rate or quota (not the
+/// recipient) refused it.
+pub(crate) fn send_error<E, R>(
+    err: &SdkError<E, R>,
+    permanent: &[&str],
+    quota: &[&str],
+) -> SendError
 where
     E: ProvideErrorMetadata,
 {
     match err {
         SdkError::ServiceError(_) => {
             let code = err.code().unwrap_or("ServiceError").to_owned();
-            SendError {
-                permanent: permanent.contains(&code.as_str()),
-                message: err.message().unwrap_or_default().to_owned(),
-                code,
-                outcome_unknown: false,
+            let message = err.message().unwrap_or_default().to_owned();
+            if quota.contains(&code.as_str()) {
+                SendError {
+                    throttled: true,
+                    ..SendError::transient(code, message)
+                }
+            } else if permanent.contains(&code.as_str()) {
+                SendError::permanent(code, message)
+            } else {
+                SendError::transient(code, message)
             }
         }
-        SdkError::TimeoutError(_) => unknown("Timeout", "the provider did not answer in time"),
-        SdkError::DispatchFailure(_) => unknown(
+        SdkError::TimeoutError(_) => {
+            SendError::unknown("Timeout", "the provider did not answer in time")
+        }
+        SdkError::DispatchFailure(_) => SendError::unknown(
             "DispatchFailure",
             "the connection failed while the request was being sent",
         ),
         SdkError::ResponseError(_) => {
-            unknown("ResponseError", "the provider's answer could not be read")
+            SendError::unknown("ResponseError", "the provider's answer could not be read")
         }
-        _ => SendError {
-            code: "InvalidRequest".into(),
-            message: "the request could not be built".into(),
-            permanent: true,
-            outcome_unknown: false,
-        },
-    }
-}
-
-/// The provider may or may not have accepted the message.
-fn unknown(code: &str, message: &str) -> SendError {
-    SendError {
-        code: code.into(),
-        message: message.into(),
-        permanent: false,
-        outcome_unknown: true,
+        _ => SendError::permanent("InvalidRequest", "the request could not be built"),
     }
 }

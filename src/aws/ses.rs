@@ -16,6 +16,16 @@ const PERMANENT: &[&str] = &[
     "AccountSuspendedException",
 ];
 
+/// SES codes by which the account's sending rate or quota refused a message
+/// (after the SDK's retries): not the recipient's fault, so it is put back.
+const QUOTA: &[&str] = &[
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "SendingPausedException",
+    "Throttling",
+    "ThrottlingException",
+];
+
 #[derive(Clone)]
 pub struct SesMailer {
     client: Client,
@@ -42,12 +52,7 @@ fn content(data: &str) -> Result<Content, SendError> {
 }
 
 fn build_error(e: aws_sdk_sesv2::error::BuildError) -> SendError {
-    SendError {
-        code: "InvalidRequest".into(),
-        message: e.to_string(),
-        permanent: true,
-        outcome_unknown: false,
-    }
+    SendError::permanent("InvalidRequest", e.to_string())
 }
 
 impl Mailer for SesMailer {
@@ -91,7 +96,7 @@ impl Mailer for SesMailer {
             .set_email_tags(tags)
             .send()
             .await
-            .map_err(|e| super::send_error(&e, PERMANENT))?;
+            .map_err(|e| super::send_error(&e, PERMANENT, QUOTA))?;
         Ok(out.message_id.unwrap_or_default())
     }
 }

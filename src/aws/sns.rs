@@ -20,6 +20,10 @@ const PERMANENT: &[&str] = &[
     "InvalidSecurity",
 ];
 
+/// SNS codes by which the account's rate (or its KMS key's) refused a
+/// message after the SDK's retries: put back, not FAILED.
+const QUOTA: &[&str] = &["Throttled", "ThrottlingException", "KMSThrottling"];
+
 #[derive(Clone)]
 pub struct SnsPublisher {
     client: Client,
@@ -36,12 +40,7 @@ fn string_attribute(value: &str) -> Result<MessageAttributeValue, SendError> {
         .data_type("String")
         .string_value(value)
         .build()
-        .map_err(|e| SendError {
-            code: "InvalidRequest".into(),
-            message: e.to_string(),
-            permanent: true,
-            outcome_unknown: false,
-        })
+        .map_err(|e| SendError::permanent("InvalidRequest", e.to_string()))
 }
 
 impl SmsSender for SnsPublisher {
@@ -54,7 +53,7 @@ impl SmsSender for SnsPublisher {
             .message_attributes("AWS.SNS.SMS.SMSType", string_attribute("Transactional")?)
             .send()
             .await
-            .map_err(|e| super::send_error(&e, PERMANENT))?;
+            .map_err(|e| super::send_error(&e, PERMANENT, QUOTA))?;
         Ok(out.message_id.unwrap_or_default())
     }
 }
@@ -73,7 +72,7 @@ impl TopicPublisher for SnsPublisher {
         let out = request
             .send()
             .await
-            .map_err(|e| super::send_error(&e, PERMANENT))?;
+            .map_err(|e| super::send_error(&e, PERMANENT, QUOTA))?;
         Ok(out.message_id.unwrap_or_default())
     }
 }

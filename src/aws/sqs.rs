@@ -104,7 +104,7 @@ impl SqsQueue {
                     // The SDK has retried already (throttling, 5xx, timeouts).
                     tracing::warn!(error = %crate::error_chain(&e), attempt, "SendMessageBatch failed");
                     if last {
-                        let err = crate::aws::send_error(&e, &[]);
+                        let err = crate::aws::send_error(&e, &[], &[]);
                         for i in pending {
                             results[i] = Some(Err(err.clone()));
                         }
@@ -124,11 +124,10 @@ impl SqsQueue {
 }
 
 fn refusal(code: &str, message: &str, permanent: bool) -> SendError {
-    SendError {
-        code: code.into(),
-        message: message.into(),
-        permanent,
-        outcome_unknown: false,
+    if permanent {
+        SendError::permanent(code, message)
+    } else {
+        SendError::transient(code, message)
     }
 }
 

@@ -25,6 +25,10 @@ pub enum DeliveryStatus {
     /// Handed to the work queue, not yet taken by a worker (`batch` names
     /// the queue message that carries it).
     Queued,
+    /// Planned but not started: the Lambda's deadline came, or the provider's
+    /// quota (not the recipient) refused it; `reason` says which. The next
+    /// keyed retry or the sweeper sends it.
+    NotStarted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +56,7 @@ impl Delivery {
     pub fn is_settled(&self) -> bool {
         !matches!(
             self.status,
-            DeliveryStatus::Queued | DeliveryStatus::Sending
+            DeliveryStatus::Queued | DeliveryStatus::Sending | DeliveryStatus::NotStarted
         )
     }
     /// The delivery's key inside its event: channel and recipient.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType,
 };
 use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 use notify_offer_contacts::config::Config;
@@ -22,6 +22,10 @@ use serde_json::Value;
 
 pub const SENDER: &str = "offers@seller.example.com";
 pub const TOPIC_NAME: &str = "org-demo-notifications";
+/// The EventBridge source of `events/eventbridge-notify-listed.json`.
+pub const EVENT_SOURCE: &str = "com.example.renewals";
+/// Organisation topics allowed in tests: moto's account and region, names starting `org-`.
+pub const TOPIC_ARN_PREFIX: &str = "arn:aws:sns:us-east-1:123456789012:org-";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -179,6 +183,7 @@ pub struct TestEnv {
     pub table: String,
     pub config: Config,
     pub app: notify_offer_contacts::App,
+    pub edge: notify_offer_contacts::event::Edge,
 }
 
 impl TestEnv {
@@ -208,17 +213,28 @@ impl TestEnv {
         let mut config = Config::from_lookup(|k| match k {
             "TABLE_NAME" => Some(table.clone()),
             "SENDER_EMAIL" => Some(SENDER.into()),
+            // Local runs: the sample events without an authorizer (Function
+            // URL, ALB) and direct invocations are served; tests of the
+            // deployed settings take these away.
+            "ALLOW_WITHOUT_AUTHORIZER" => Some("direct,http".into()),
+            "EVENT_SOURCES" => Some(EVENT_SOURCE.into()),
+            "TOPIC_ARN_PREFIX" => Some(TOPIC_ARN_PREFIX.into()),
             _ => None,
         })
         .expect("config");
         tweak(&mut config);
         let app = notify_offer_contacts::app(&sdk, &config);
+        let edge = notify_offer_contacts::event::Edge {
+            access: config.access.clone(),
+            metrics: None,
+        };
         TestEnv {
             moto,
             sdk,
             table,
             config,
             app,
+            edge,
         }
     }
 
@@ -230,7 +246,8 @@ impl TestEnv {
     pub async fn invoke(&self, payload: Value) -> Result<Value, Diagnostic> {
         let mut ctx = Context::default();
         ctx.request_id = "test-request-1".into();
-        notify_offer_contacts::event::handle(&self.app, None, LambdaEvent::new(payload, ctx)).await
+        notify_offer_contacts::event::handle(&self.app, &self.edge, LambdaEvent::new(payload, ctx))
+            .await
     }
 
     /// Invokes the handler with a file of `events/`.
@@ -318,13 +335,35 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
             .build()
             .unwrap()
     };
+    // The sweeper's index, as template.yaml declares it.
+    let pending = GlobalSecondaryIndex::builder()
+        .index_name(notify_offer_contacts::aws::dynamo::PENDING_INDEX)
+        .key_schema(key("pendingIndex", KeyType::Hash))
+        .key_schema(key("resumeAt", KeyType::Range))
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .non_key_attributes("pendingSince")
+                .build(),
+        )
+        .build()
+        .unwrap();
     aws_sdk_dynamodb::Client::new(sdk)
         .create_table()
         .table_name(table)
         .attribute_definitions(attr("pk"))
         .attribute_definitions(attr("sk"))
+        .attribute_definitions(attr("pendingIndex"))
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("resumeAt")
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .unwrap(),
+        )
         .key_schema(key("pk", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
+        .global_secondary_indexes(pending)
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await
