@@ -131,6 +131,23 @@ impl MemoryStore {
             r.locked_until = 0;
         }
     }
+    /// Makes a PENDING event's lease look run out, as if its run had died
+    /// long ago: the sweeper takes it.
+    pub fn expire_lease(&self, org: &str, event_id: &str) {
+        if let Some(e) = lock(&self.events).get_mut(&(org.to_owned(), event_id.to_owned())) {
+            let sweeps = e
+                .info
+                .as_ref()
+                .and_then(|i| i.get("sweeps"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0) as u32;
+            crate::notify::set_lease(
+                e,
+                time::OffsetDateTime::now_utc() - time::Duration::MINUTE,
+                sweeps,
+            );
+        }
+    }
     /// The work batches of an event still open (`None`: never handed off).
     pub fn open_batch_ids(&self, event_id: &str) -> Option<HashSet<String>> {
         lock(&self.batches).get(event_id).cloned()
@@ -239,15 +256,18 @@ impl EventStore for MemoryStore {
         event_id: &str,
         deliveries: &[Delivery],
     ) -> Result<(), StoreError> {
-        if !self.write(StoreOp::SaveDeliveries)? {
-            return Ok(());
-        }
-        // One item per delivery key, as in DynamoDB: a later write replaces it.
-        let mut all = lock(&self.deliveries);
-        let ledger = all.entry(event_id.to_owned()).or_default();
-        for d in deliveries {
-            ledger.retain(|old| old.key() != d.key());
-            ledger.push(d.clone());
+        // 25 items a call, as BatchWriteItem: a failure can land half-way.
+        for chunk in deliveries.chunks(25) {
+            if !self.write(StoreOp::SaveDeliveries)? {
+                continue;
+            }
+            // One item per delivery key, as in DynamoDB: a later write replaces it.
+            let mut all = lock(&self.deliveries);
+            let ledger = all.entry(event_id.to_owned()).or_default();
+            for d in chunk {
+                ledger.retain(|old| old.key() != d.key());
+                ledger.push(d.clone());
+            }
         }
         Ok(())
     }
@@ -495,6 +515,25 @@ impl IdempotencyStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+    async fn hold_for_sweep(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        now_ms: i64,
+        locked_until: i64,
+    ) -> Result<crate::ports::KeyHold, StoreError> {
+        self.check(StoreOp::Idempotency)?;
+        Ok(
+            match lock(&self.keys).get_mut(&(org.to_string(), key.to_string())) {
+                Some(r) if r.status == IdempotencyStatus::InProgress && r.locked_until < now_ms => {
+                    r.locked_until = locked_until;
+                    crate::ports::KeyHold::Held
+                }
+                Some(r) if r.status == IdempotencyStatus::InProgress => crate::ports::KeyHold::Busy,
+                _ => crate::ports::KeyHold::Free,
+            },
+        )
     }
     async fn finish(
         &self,

@@ -174,6 +174,17 @@ pub trait IdempotencyStore: Send + Sync {
         previous_lock: i64,
         locked_until: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The sweeper's hold on the key of an event it resumes: locks an
+    /// in-progress key whose lock ran out (so no keyed retry resumes the
+    /// event at the same time), says `Free` for a key that is completed or
+    /// gone (no retry will resume), `Busy` when a run holds it now.
+    fn hold_for_sweep(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        now_ms: i64,
+        locked_until: i64,
+    ) -> impl Future<Output = Result<KeyHold, StoreError>> + Send;
     /// Marks the key's request as done (or frees its lock at once with `Released`).
     fn finish(
         &self,
@@ -181,6 +192,17 @@ pub trait IdempotencyStore: Send + Sync {
         key: &IdempotencyKey,
         outcome: KeyOutcome,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The sweeper's answer for an event's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHold {
+    /// The sweeper now holds the key's lock.
+    Held,
+    /// Completed or forgotten: nobody will resume the event with it.
+    Free,
+    /// A request holds the key right now.
+    Busy,
 }
 
 /// How a keyed request ended, for its record.
@@ -499,6 +521,9 @@ macro_rules! delegate {
             }
             fn take_over(&self, org: &OrgId, key: &IdempotencyKey, previous_lock: i64, locked_until: i64) -> impl Future<Output = Result<bool, StoreError>> + Send {
                 (**self).take_over(org, key, previous_lock, locked_until)
+            }
+            fn hold_for_sweep(&self, org: &OrgId, key: &IdempotencyKey, now_ms: i64, locked_until: i64) -> impl Future<Output = Result<KeyHold, StoreError>> + Send {
+                (**self).hold_for_sweep(org, key, now_ms, locked_until)
             }
             fn finish(&self, org: &OrgId, key: &IdempotencyKey, outcome: KeyOutcome) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).finish(org, key, outcome)

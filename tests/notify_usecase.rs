@@ -719,3 +719,70 @@ async fn sends_whose_outcome_was_never_recorded_are_unconfirmed_not_sent_twice()
     assert_eq!(a.status, DeliveryStatus::Unconfirmed);
     assert!(a.reason.as_deref().unwrap().contains("at most once"));
 }
+
+#[tokio::test]
+async fn an_org_topic_outside_this_account_region_or_prefix_is_refused_and_nothing_is_published() {
+    for arn in [
+        "arn:aws:sns:us-east-1:999999999999:org1", // another account
+        "arn:aws:sns:eu-west-1:123456789012:org1", // another region
+        "arn:aws:sns:us-east-1:123456789012:notify-offer-contacts-dev-alarms", // the stack's own
+        "arn:aws:sns:us-east-1:123456789012:org1:subscription-id", // not a topic
+        "https://example.com/hook",
+    ] {
+        let settings = NotificationSettings {
+            channels: Some(vec![NotificationChannel::Sns]),
+            sns_topic_arn: Some(arn.into()),
+            ..Default::default()
+        };
+        let (mut n, store, provider) = notifier(store().with_settings(ORG, settings));
+        n.policy.topic_arn_prefix = Some("arn:aws:sns:us-east-1:123456789012:org".into());
+        let event = n.notify(cmd(None)).await.unwrap();
+        assert!(provider.published().is_empty(), "{arn}");
+        let ledger = store.deliveries(event.event_id.as_deref().unwrap());
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(ledger[0].status, DeliveryStatus::Failed, "{arn}");
+        let reason = ledger[0].reason.clone().unwrap();
+        assert!(reason.starts_with("snsTopicArn refused"), "{reason}");
+        assert!(
+            !reason.contains("999999999999") && !reason.contains("alarms"),
+            "{reason}"
+        );
+    }
+    // No prefix configured: no organisation topic at all.
+    let settings = NotificationSettings {
+        channels: Some(vec![NotificationChannel::Sns]),
+        sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:org1".into()),
+        ..Default::default()
+    };
+    let (n, _, provider) = notifier(store().with_settings(ORG, settings));
+    n.notify(cmd(None)).await.unwrap();
+    assert!(provider.published().is_empty());
+}
+
+#[test]
+fn the_topic_message_stays_far_below_256_kb_at_any_recipient_count() {
+    let ids: Vec<String> = (0..10_000)
+        .map(|i| format!("contact-{i:06}-{}", "x".repeat(100)))
+        .collect();
+    let event = NotificationEvent {
+        event_id: Some("e1".into()),
+        contact_ids: Some(ids.clone()),
+        contact_emails: Some(
+            ids.iter()
+                .map(|i| format!("{i}@buyer.example.com"))
+                .collect(),
+        ),
+        entity_name: Some("n".repeat(300_000)),
+        ..NotificationEvent::default()
+    };
+    let body = notify_offer_contacts::notify::topic_body(&event);
+    assert!(
+        body.len() <= notify_offer_contacts::notify::MAX_TOPIC_BYTES,
+        "{}",
+        body.len()
+    );
+    assert!(!body.contains('@'), "no addresses in the topic message");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["contactCount"], 10_000);
+    assert_eq!(v["eventID"], "e1");
+}

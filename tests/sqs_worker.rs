@@ -368,3 +368,48 @@ async fn entries_sqs_fails_are_retried_and_a_refused_one_is_recorded_failed() {
     // 2 emails from the first request, 1 from the second (the other was refused).
     assert_eq!(env.moto.emails().len() + env.moto.sms().len(), 4 + 2);
 }
+
+#[tokio::test]
+async fn a_hand_off_whose_ledger_write_failed_on_the_wire_is_rebuilt_by_the_keyed_retry() {
+    use common::fault_proxy::{Fault, FaultProxy};
+    let (mut env, q) = queued_env().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    let sdk = common::sdk_config(&proxy.endpoint).await;
+    env.app = notify_offer_contacts::app(&sdk, &env.config);
+
+    // The event is stored QUEUED; then every ledger write fails.
+    proxy.inject("DynamoDB.BatchWriteItem", Fault::ServerError, 0, usize::MAX);
+    let failed = env.http("http-api-notify-all-idempotent.json").await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert!(proxy.injected("DynamoDB.BatchWriteItem") > 0);
+    let (nothing, _) = receive(&q, &q.work).await;
+    assert_eq!(
+        nothing["Records"].as_array().unwrap().len(),
+        0,
+        "nothing queued"
+    );
+    let events = env.items("org-demo", "EVENT#").await;
+    assert_eq!(events[0]["eventStatus"], "PENDING");
+    assert_eq!(events[0]["info"]["deliveryMode"], "QUEUED");
+    let id = events[0]["eventID"].as_str().unwrap().to_owned();
+    assert!(
+        env.items("org-demo", &format!("DELIVERY#{id}#"))
+            .await
+            .is_empty()
+    );
+
+    // The store is back; the keyed retry rebuilds the ledger from the event
+    // and queues it all; the worker sends everyone once.
+    proxy.clear();
+    let retried = env.http("http-api-notify-all-idempotent.json").await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.body["eventID"], id.as_str());
+    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    assert_eq!(ledger.iter().filter(|d| d["status"] == "QUEUED").count(), 5);
+    let (event, handles) = receive(&q, &q.work).await;
+    assert!(work(&env, event).await.is_empty());
+    settle(&q, &handles, &[]).await;
+    assert_eq!(stored_event(&env, &id).await["eventStatus"], "DONE");
+    assert_eq!((env.moto.emails().len(), env.moto.sms().len()), (2, 2));
+    assert_eq!(env.moto.topic_messages().len(), 1);
+}

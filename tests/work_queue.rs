@@ -595,3 +595,75 @@ async fn a_delivery_another_copy_is_sending_is_left_to_it_and_the_batch_stays_op
     assert_eq!(done.done, WorkDone::Closed(EventStatus::Done));
     assert_eq!(r.provider.emails().len(), 4, "nothing sent again");
 }
+
+#[tokio::test]
+async fn a_hand_off_whose_ledger_write_failed_is_rebuilt_by_the_keyed_retry() {
+    // Nothing of the ledger landed, then 25 of 60 entries: either way the
+    // retry rebuilds the rest from the event's own recipient list.
+    for landed in [0, 1] {
+        let r = rig(30, 1);
+        let keyed = NotifyCommand {
+            idempotency_key: Some(IdempotencyKey::parse("k-rebuild").unwrap()),
+            ..all()
+        };
+        r.store.fail_after(StoreOp::SaveDeliveries, landed);
+        assert!(r.n.notify(keyed.clone()).await.is_err());
+        r.store.heal(StoreOp::SaveDeliveries);
+        assert!(
+            r.queue.is_empty(),
+            "nothing was queued before the ledger was whole"
+        );
+        let id = r.store.events()[0].event_id.clone().unwrap();
+        assert_eq!(r.store.deliveries(&id).len(), 25 * landed);
+
+        let retried = r.n.notify(keyed.clone()).await.unwrap();
+        assert_eq!(retried.event_status, Some(EventStatus::Pending));
+        let ledger = r.store.deliveries(&id);
+        assert_eq!(
+            count(&ledger, DeliveryStatus::Queued),
+            60,
+            "landed {landed}"
+        );
+        let messages = r.queue.drain();
+        let queued: usize = messages.iter().map(|m| m.deliveries.len()).sum();
+        assert_eq!(queued, 60);
+        for m in messages {
+            r.n.work(m, 1, None).await.unwrap();
+        }
+        let closed = r.store.event("org1", &id).unwrap();
+        assert_eq!(
+            closed.event_status,
+            Some(EventStatus::Done),
+            "landed {landed}"
+        );
+        assert_eq!(r.provider.emails().len(), 30);
+        assert_eq!(r.provider.sms().len(), 30);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_completed_early_never_closes_the_event_over_unsent_deliveries() {
+    let r = rig(12, 1);
+    let id = r.n.notify(all()).await.unwrap().event_id.unwrap();
+    let messages = r.queue.drain();
+    assert_eq!(messages.len(), 3);
+    // A forged message reuses batch b00000's ID but names only two of its deliveries.
+    let mut forged = messages[0].clone();
+    forged.deliveries.truncate(2);
+    r.n.work(forged, 1, None).await.unwrap();
+    for m in &messages[1..] {
+        r.n.work(m.clone(), 1, None).await.unwrap();
+    }
+    // b00000's other 8 deliveries are still QUEUED: the event stays open.
+    assert_eq!(
+        r.store.event("org1", &id).unwrap().event_status,
+        Some(EventStatus::Pending)
+    );
+    // The genuine message arrives: it sends the rest and closes the event.
+    r.n.work(messages[0].clone(), 1, None).await.unwrap();
+    assert_eq!(
+        r.store.event("org1", &id).unwrap().event_status,
+        Some(EventStatus::Done)
+    );
+    assert_eq!(r.provider.emails().len() + r.provider.sms().len(), 24);
+}

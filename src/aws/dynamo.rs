@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::ports::{
     BatchProgress, Claim, ContactStore, Contacts, EventStore, IdempotencyRecord, IdempotencyStore,
-    KeyOutcome, OfferStore, Replaced, StaleEvents, StoreError, Written,
+    KeyHold, KeyOutcome, OfferStore, Replaced, StaleEvents, StoreError, Written,
 };
 use crate::tracking::{Open, OpenTracker, Recorded, apply_open};
 use futures::StreamExt;
@@ -470,6 +470,47 @@ impl IdempotencyStore for DynamoStore {
             Ok(_) => Ok(true),
             Err(e) if conditional_failed(&e) => Ok(false),
             Err(e) => Err(unavailable("take over idempotency key")(e)),
+        }
+    }
+
+    async fn hold_for_sweep(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+        now_ms: i64,
+        locked_until: i64,
+    ) -> Result<KeyHold, StoreError> {
+        const OP: &str = "hold idempotency key for the sweeper";
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(org_pk(org), idempotency_sk(key))))
+            .update_expression("SET lockedUntil = :new")
+            .condition_expression("#s = :running AND lockedUntil < :now")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":new", AttributeValue::N(locked_until.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .expression_attribute_values(":running", AttributeValue::S("IN_PROGRESS".into()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(KeyHold::Held),
+            Err(e) if conditional_failed(&e) => {
+                let held = self
+                    .get_with(OP, org_pk(org), idempotency_sk(key), true)
+                    .await?;
+                let running = held
+                    .as_ref()
+                    .and_then(|i| i.get("status"))
+                    .is_some_and(|s| *s == AttributeValue::S("IN_PROGRESS".into()));
+                Ok(if running {
+                    KeyHold::Busy
+                } else {
+                    KeyHold::Free
+                })
+            }
+            Err(e) => Err(unavailable(OP)(e)),
         }
     }
 

@@ -88,6 +88,7 @@ where
         mut event: NotificationEvent,
         actions: Vec<Action>,
         decided: Vec<Delivery>,
+        key: Option<&crate::model::IdempotencyKey>,
     ) -> Result<Notified, NotifyError> {
         let (org, event_id) = event_ids(&event)?;
         let lease = self.queue_lease(&actions);
@@ -101,6 +102,7 @@ where
         event.info = Some(info);
         let queued = mark_queued(&mut event, &batches);
         set_lease(&mut event, now_millis() + lease, 0);
+        super::record_key(&mut event, key);
         // The event says QUEUED before any worker can see a message, so a
         // fast worker never finds it half-written. If what follows fails, a
         // keyed retry or the sweeper rebuilds the rest from the event.

@@ -563,12 +563,15 @@ where
             if let Some(queue) = self.queue.as_deref() {
                 let recipients = recipients.ids.len() + recipients.cc_ids.len();
                 if self.should_queue(recipients, &actions) {
-                    return self.hand_off(queue, event, actions, decided).await;
+                    return self
+                        .hand_off(queue, event, actions, decided, cmd.idempotency_key.as_ref())
+                        .await;
                 }
             }
             // A PENDING event always carries its lease: if this run dies, the
             // sweeper (or a keyed retry) finishes it after the lease.
             set_lease(&mut event, now + self.policy.sync_lease, 0);
+            record_key(&mut event, cmd.idempotency_key.as_ref());
             match self.store.create_event(&event).await {
                 // The event ID is new to this run: a conflict is our own earlier
                 // attempt that landed after timing out.
@@ -741,6 +744,24 @@ pub fn set_lease(event: &mut NotificationEvent, until: OffsetDateTime, sweeps: u
     if sweeps > 0 {
         info.insert("sweeps".into(), json!(sweeps));
     }
+}
+
+/// Names the request's idempotency key in `info.idempotencyKey`, so that the
+/// sweeper holds the key too while it resumes the event (no keyed retry
+/// resumes it at the same time).
+pub(crate) fn record_key(event: &mut NotificationEvent, key: Option<&IdempotencyKey>) {
+    if let Some(key) = key {
+        event
+            .info
+            .get_or_insert_with(Map::new)
+            .insert("idempotencyKey".into(), json!(key.as_str()));
+    }
+}
+
+/// The key an event was created under, if any.
+pub(crate) fn event_key(event: &NotificationEvent) -> Option<IdempotencyKey> {
+    let text = event.info.as_ref()?.get("idempotencyKey")?.as_str()?;
+    IdempotencyKey::parse(text).ok()
 }
 
 /// A delivery found SENDING by a later run: it may have gone out, so it is

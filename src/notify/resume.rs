@@ -12,8 +12,8 @@ use tracing::Instrument;
 use crate::model::event::now_millis;
 use crate::model::{Delivery, DeliveryStatus, EventStatus, NotificationEvent, Offer, OfferId};
 use crate::ports::{
-    ContactStore, EventStore, IdempotencyStore, Mailer, OfferStore, SmsSender, StoreError,
-    TopicPublisher,
+    ContactStore, EventStore, IdempotencyStore, KeyHold, KeyOutcome, Mailer, OfferStore, SmsSender,
+    StoreError, TopicPublisher,
 };
 
 use super::{
@@ -204,7 +204,7 @@ where
             self.policy.sync_lease
         };
         let until = now_millis() + time::Duration::try_from(lease).unwrap_or(time::Duration::DAY);
-        if !self
+        let moved = self
             .store
             .move_lease(
                 &org,
@@ -213,11 +213,67 @@ where
                 until,
                 sweeps,
             )
-            .await?
-        {
-            return Err(NotifyError::EventBusy(event_id));
+            .await?;
+        // The sweeper needs the lease, and the event's key if it has one: a
+        // keyed retry holding the key resumes it, not the sweeper. A keyed
+        // retry already holds the key, so a sweeper cannot be resuming now
+        // (its lease move is then only to keep the sweeper away a while).
+        let mut held_key = None;
+        if trigger == Trigger::Sweep {
+            if !moved {
+                return Err(NotifyError::EventBusy(event_id));
+            }
+            if let Some(key) = super::event_key(&event) {
+                let now_ms = (now_millis().unix_timestamp_nanos() / 1_000_000) as i64;
+                let lock_ms = self.policy.sync_lease.as_millis() as i64;
+                match self
+                    .store
+                    .hold_for_sweep(&org, &key, now_ms, now_ms + lock_ms)
+                    .await?
+                {
+                    KeyHold::Busy => return Err(NotifyError::EventBusy(event_id)),
+                    KeyHold::Held => held_key = Some(key),
+                    KeyHold::Free => {}
+                }
+            }
         }
         set_lease(&mut event, until, sweeps);
+        let result = self
+            .resume_held(
+                event, ledger, actions, decided, offer_gone, deadline, trigger,
+            )
+            .await;
+        if let Some(key) = held_key {
+            let outcome = match &result {
+                Ok(n)
+                    if n.event.event_status != Some(EventStatus::Pending)
+                        || is_queued(&n.event) =>
+                {
+                    KeyOutcome::Completed
+                }
+                _ => KeyOutcome::Released,
+            };
+            if let Err(e) = self.store.finish(&org, &key, outcome).await {
+                tracing::warn!(error = %crate::error_chain(&e), "could not release the event's idempotency key");
+            }
+        }
+        result
+    }
+
+    /// The part of `resume` that runs once the lease (and the key) are held.
+    #[allow(clippy::too_many_arguments)]
+    async fn resume_held(
+        &self,
+        event: NotificationEvent,
+        ledger: Vec<Delivery>,
+        actions: Vec<Action>,
+        decided: Vec<Delivery>,
+        offer_gone: bool,
+        deadline: Option<tokio::time::Instant>,
+        trigger: Trigger,
+    ) -> Result<Notified, NotifyError> {
+        let (org, event_id) = event_ids(&event)?;
+        let sweeps = sweeps(&event);
         tracing::info!(
             ?trigger,
             sweeps,

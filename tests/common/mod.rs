@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod runtime_api;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
