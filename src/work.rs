@@ -308,17 +308,16 @@ where
             "sending a work batch"
         );
 
-        let delivered = self
-            .deliver(
-                &org,
-                &event_id,
-                actions,
-                deadline,
-                Announce::Take {
-                    batch: &batch.batch_id,
-                },
-            )
-            .await;
+        let delivered = Box::pin(self.deliver(
+            &org,
+            &event_id,
+            actions,
+            deadline,
+            Announce::Take {
+                batch: &batch.batch_id,
+            },
+        ))
+        .await;
         recorded.extend(delivered.recorded);
         busy += delivered.taken_elsewhere;
         // A send the quota refused after it was taken goes back to QUEUED,

@@ -181,9 +181,7 @@ where
         let (org, event_id) = event_ids(&event)?;
         let Some(queue) = self.queue.as_deref() else {
             // No queue here: send what is missing or still queued right away.
-            return self
-                .resume_here(event, ledger, actions, decided, None)
-                .await;
+            return Box::pin(self.resume_here(event, ledger, actions, decided, None)).await;
         };
         let have: HashSet<String> = ledger.iter().map(Delivery::key).collect();
         let mut written: Vec<Delivery> = decided

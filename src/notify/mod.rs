@@ -506,10 +506,11 @@ where
                 .instrument(span.clone())
                 .await?
         {
-            return self
-                .resume(stored, ledger, cmd.deadline, resume::Trigger::KeyedRetry)
-                .instrument(span)
-                .await;
+            return Box::pin(
+                self.resume(stored, ledger, cmd.deadline, resume::Trigger::KeyedRetry)
+                    .instrument(span),
+            )
+            .await;
         }
         let (offer, settings) = tokio::try_join!(
             self.store.offer(&cmd.org_id, &cmd.offer_id),
@@ -563,9 +564,14 @@ where
             if let Some(queue) = self.queue.as_deref() {
                 let recipients = recipients.ids.len() + recipients.cc_ids.len();
                 if self.should_queue(recipients, &actions) {
-                    return self
-                        .hand_off(queue, event, actions, decided, cmd.idempotency_key.as_ref())
-                        .await;
+                    return Box::pin(self.hand_off(
+                        queue,
+                        event,
+                        actions,
+                        decided,
+                        cmd.idempotency_key.as_ref(),
+                    ))
+                    .await;
                 }
             }
             // A PENDING event always carries its lease: if this run dies, the
@@ -578,7 +584,7 @@ where
                 Err(StoreError::Conflict { .. }) => {}
                 other => other?,
             }
-            self.deliver_and_record(event, actions, decided, Vec::new(), cmd.deadline)
+            Box::pin(self.deliver_and_record(event, actions, decided, Vec::new(), cmd.deadline))
                 .await
         }
         .instrument(span)
@@ -611,9 +617,8 @@ where
                 .await?;
             fresh.extend(decided);
         }
-        let delivered = self
-            .deliver(&org, &event_id, actions, deadline, Announce::Intent)
-            .await;
+        let delivered =
+            Box::pin(self.deliver(&org, &event_id, actions, deadline, Announce::Intent)).await;
         fresh.extend(delivered.recorded);
         if let Some(e) = delivered.failure {
             // The event stays PENDING with its lease; what was not started has
@@ -627,7 +632,7 @@ where
             let mut all = settled;
             all.extend(fresh.iter().cloned());
             let actions = held.into_iter().map(|h| h.action).collect();
-            let mut n = self.hand_off_rest(queue, event, all, actions).await?;
+            let mut n = Box::pin(self.hand_off_rest(queue, event, all, actions)).await?;
             fresh.append(&mut n.recorded);
             n.recorded = fresh;
             return Ok(n);

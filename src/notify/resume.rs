@@ -114,10 +114,11 @@ where
                     })
                 })
             };
-            match self
-                .resume(stored.0, stored.1, deadline, Trigger::Sweep)
-                .instrument(span)
-                .await
+            match Box::pin(
+                self.resume(stored.0, stored.1, deadline, Trigger::Sweep)
+                    .instrument(span),
+            )
+            .await
             {
                 Ok(n) => {
                     if abandoned(&n) {
@@ -238,11 +239,10 @@ where
             }
         }
         set_lease(&mut event, until, sweeps);
-        let result = self
-            .resume_held(
-                event, ledger, actions, decided, offer_gone, deadline, trigger,
-            )
-            .await;
+        let result = Box::pin(self.resume_held(
+            event, ledger, actions, decided, offer_gone, deadline, trigger,
+        ))
+        .await;
         if let Some(key) = held_key {
             let outcome = match &result {
                 Ok(n)
@@ -302,7 +302,7 @@ where
                 .await;
         }
         if is_queued(&event) {
-            return self.requeue(event, ledger, actions, decided).await;
+            return Box::pin(self.requeue(event, ledger, actions, decided)).await;
         }
         let retry_failed = trigger == Trigger::KeyedRetry;
         if trigger == Trigger::Sweep
@@ -322,7 +322,7 @@ where
             if actions.is_empty() {
                 return self.finish_resumed(event, all, decided).await;
             }
-            let mut n = self.hand_off_rest(queue, event, all, actions).await?;
+            let mut n = Box::pin(self.hand_off_rest(queue, event, all, actions)).await?;
             let mut recorded = decided;
             recorded.append(&mut n.recorded);
             n.recorded = recorded;
@@ -331,8 +331,7 @@ where
         let (settled, actions, decided) = self
             .settle(&org, &event_id, ledger, actions, decided, retry_failed)
             .await?;
-        self.deliver_and_record(event, actions, decided, settled, deadline)
-            .await
+        Box::pin(self.deliver_and_record(event, actions, decided, settled, deadline)).await
     }
 
     /// A resumed synchronous event with a ledger and no queue to hand to.
@@ -348,8 +347,7 @@ where
         let (settled, actions, decided) = self
             .settle(&org, &event_id, ledger, actions, decided, false)
             .await?;
-        self.deliver_and_record(event, actions, decided, settled, deadline)
-            .await
+        Box::pin(self.deliver_and_record(event, actions, decided, settled, deadline)).await
     }
 
     /// Splits the ledger into what stays (SENT, UNCONFIRMED, and FAILED unless
