@@ -41,9 +41,26 @@ pub trait OpenTracker: Send + Sync {
     ) -> impl std::future::Future<Output = Result<Recorded, StoreError>> + Send;
 }
 
+/// Per-contact open counters and `trackEvents` entries an event keeps at most
+/// (the item must stay far below DynamoDB's 400 KB); opens beyond are counted
+/// in `info.opensOther` only.
+pub const MAX_TRACKED_CONTACTS: usize = 1000;
+/// One contact's open count stops here.
+pub const MAX_OPENS_PER_CONTACT: u64 = 10_000;
+
 /// Applies an open to an event in memory: `None` when this SNS message was
-/// applied already. Keeps the last 100 message IDs for that check.
+/// applied already, or names a contact the event did not notify. Keeps the
+/// last 100 message IDs for that check; every list and counter is bounded.
 pub fn apply_open(event: &mut NotificationEvent, open: &Open) -> Option<Recorded> {
+    let recipient = event
+        .contact_ids
+        .iter()
+        .chain(event.cc_contact_ids.iter())
+        .flatten()
+        .any(|c| c == open.contact.as_str());
+    if !recipient {
+        return None;
+    }
     let info = event.info.get_or_insert_with(Map::new);
     let seen = info.entry("openMessageIds").or_insert_with(|| json!([]));
     let ids = seen.as_array_mut()?;
@@ -58,19 +75,30 @@ pub fn apply_open(event: &mut NotificationEvent, open: &Open) -> Option<Recorded
         ids.remove(0);
     }
     let opens = info.entry("opens").or_insert_with(|| json!({}));
-    if let Some(map) = opens.as_object_mut() {
+    let mut counted = false;
+    if let Some(map) = opens.as_object_mut()
+        && (map.contains_key(open.contact.as_str()) || map.len() < MAX_TRACKED_CONTACTS)
+    {
         let n = map
             .get(open.contact.as_str())
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        map.insert(open.contact.to_string(), json!(n + 1));
+        map.insert(
+            open.contact.to_string(),
+            json!((n + 1).min(MAX_OPENS_PER_CONTACT)),
+        );
+        counted = true;
+    }
+    if !counted {
+        let other = info.get("opensOther").and_then(Value::as_u64).unwrap_or(0);
+        info.insert("opensOther".into(), json!(other + 1));
     }
     let tracks = event.track_events.get_or_insert_with(Vec::new);
     let first = !tracks.iter().any(|t| {
         t.action == Some(TrackEventAction::OpenEmail)
             && t.contact_id.as_deref() == Some(open.contact.as_str())
     });
-    if first {
+    if first && tracks.len() < MAX_TRACKED_CONTACTS {
         tracks.push(TrackEvent {
             action: Some(TrackEventAction::OpenEmail),
             contact_id: Some(open.contact.to_string()),
@@ -169,5 +197,53 @@ mod tests {
         assert!(parse_open("s", "not json").is_err());
         assert!(parse_open("s", &ses("Open", serde_json::json!({"organizationID": ["org/../x"], "eventID": ["e"], "contactId": ["c"]}))).is_err());
         assert!(parse_open("s", &ses("Open", serde_json::json!({"organizationID": ["o"], "eventID": ["EVENT#x"], "contactId": ["c"]}))).is_err());
+    }
+
+    fn open(contact: &str, message_id: &str) -> Open {
+        Open {
+            org: OrgId::parse("org1").unwrap(),
+            event_id: "e1".into(),
+            contact: ContactId::parse(contact).unwrap(),
+            at: OffsetDateTime::UNIX_EPOCH,
+            message_id: message_id.into(),
+        }
+    }
+
+    #[test]
+    fn opens_are_bounded_whatever_arrives() {
+        let ids: Vec<String> = (0..MAX_TRACKED_CONTACTS + 50)
+            .map(|i| format!("c{i}"))
+            .collect();
+        let mut event = NotificationEvent {
+            contact_ids: Some(ids.clone()),
+            ..NotificationEvent::default()
+        };
+        // A contact the event did not notify changes nothing.
+        assert_eq!(apply_open(&mut event, &open("stranger", "m0")), None);
+        assert!(event.track_events.is_none());
+        for (n, id) in ids.iter().enumerate() {
+            apply_open(&mut event, &open(id, &format!("m{n}")));
+        }
+        let info = event.info.as_ref().unwrap();
+        assert_eq!(
+            info["opens"].as_object().unwrap().len(),
+            MAX_TRACKED_CONTACTS
+        );
+        assert_eq!(info["opensOther"], 50);
+        assert_eq!(info["openMessageIds"].as_array().unwrap().len(), 100);
+        assert_eq!(
+            event.track_events.as_ref().unwrap().len(),
+            MAX_TRACKED_CONTACTS
+        );
+        // One contact opening again and again: one trackEvent, a capped count.
+        for n in 0..(MAX_OPENS_PER_CONTACT + 5) {
+            apply_open(&mut event, &open("c0", &format!("again-{n}")));
+        }
+        let info = event.info.as_ref().unwrap();
+        assert_eq!(info["opens"]["c0"], MAX_OPENS_PER_CONTACT);
+        assert_eq!(
+            event.track_events.as_ref().unwrap().len(),
+            MAX_TRACKED_CONTACTS
+        );
     }
 }

@@ -1131,7 +1131,11 @@ impl DynamoStore {
 impl OpenTracker for DynamoStore {
     async fn record_open(&self, open: &Open) -> Result<Recorded, StoreError> {
         let pk = org_pk(&open.org);
-        for _ in 0..OPTIMISTIC_ATTEMPTS {
+        for attempt in 0..OPTIMISTIC_ATTEMPTS as u32 {
+            if attempt > 0 {
+                // Another writer won the last round: back off, with jitter.
+                backoff(attempt).await;
+            }
             let Some((mut event, last)) = self.current_event(&pk, &open.event_id).await? else {
                 return Ok(Recorded::UnknownEvent);
             };

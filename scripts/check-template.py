@@ -1,0 +1,98 @@
+"""Checks the promises template.yaml makes beyond what cfn-lint can see: the
+settings a deployed stack starts with. Each check names the README promise
+(or issue item) it keeps; a failing one exits 1 with the reason.
+
+usage: check-template.py [template.yaml]
+"""
+import sys
+
+from cfnlint.decode import cfn_yaml
+
+path = sys.argv[1] if len(sys.argv) > 1 else "template.yaml"
+t = cfn_yaml.load(path)
+res = t["Resources"]
+failures = []
+
+
+def check(ok, what):
+    if not ok:
+        failures.append(what)
+
+
+def props(name):
+    return res[name]["Properties"]
+
+
+def env(fn):
+    return props(fn)["Environment"]["Variables"]
+
+
+def statements(fn):
+    out = []
+    for policy in props(fn).get("Policies", []):
+        out.extend(policy.get("Statement", []))
+    return out
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+api, worker = "NotifyFunction", "WorkerFunction"
+
+# Fail closed: the HTTP API's function never serves a request without its authorizer.
+check("http" not in str(env(api).get("ALLOW_WITHOUT_AUTHORIZER", "")), "the API function must never allow http without an authorizer")
+check("ALLOW_WITHOUT_AUTHORIZER" not in env(worker), "the worker takes no direct invocation")
+check(env(api).get("ORG_CLAIM") == {"Ref": "OrgClaim"}, "ORG_CLAIM comes from the OrgClaim parameter")
+check("OrgJwt" in str(props("NotifyApi")["Auth"]), "the HTTP API has a JWT authorizer")
+check(props("NotifyApi")["Auth"].get("DefaultAuthorizer") == "OrgJwt", "every route uses the authorizer")
+
+# EventBridge: a source filter, a retry policy and a DLQ on the rule's target.
+rule = props(api)["Events"]["NotifyFromEventBridge"]["Properties"]
+check(rule["Pattern"].get("source") == {"Ref": "EventSources"}, "the rule filters on source")
+check("RetryPolicy" in rule and "DeadLetterConfig" in rule, "the rule's target has a retry policy and a DLQ")
+check(env(api).get("EVENT_SOURCES") is not None, "the function checks the source too")
+
+# Topics SES and CloudWatch publish to are encrypted with a key they may use.
+key_policy = str(props("TopicKey")["KeyPolicy"])
+check("cloudwatch.amazonaws.com" in key_policy and "ses.amazonaws.com" in key_policy, "TopicKey grants CloudWatch and SES")
+for topic in ["AlarmTopic", "SesEventsTopic"]:
+    check(props(topic).get("KmsMasterKeyId") == {"Ref": "TopicKey"}, f"{topic} uses TopicKey (alias/aws/sns cannot grant AWS services)")
+
+# SNS: SMS still works (Publish on *), but never the stack's own topics nor another account's.
+for fn in [api, worker]:
+    st = statements(fn)
+    denies = [s for s in st if s.get("Effect") == "Deny" and s.get("Action") == "sns:Publish"]
+    denied = str(denies)
+    check("AlarmTopic" in denied and "SesEventsTopic" in denied, f"{fn} may not publish to the stack's own topics")
+    check("aws:ResourceAccount" in denied, f"{fn} may not publish to another account's topics")
+    check(env(fn).get("TOPIC_ARN_PREFIX") is not None, f"{fn} checks organisation topics against TOPIC_ARN_PREFIX")
+    # SES: identity/* (the sandbox checks the recipient's identity too), sender pinned.
+    ses = [s for s in st if s.get("Action") == "ses:SendEmail"]
+    check(ses and "identity/*" in str(ses[0]["Resource"]), f"{fn}: ses:SendEmail on identity/*")
+    check(ses and "ses:FromAddress" in str(ses[0].get("Condition")), f"{fn}: the sender is pinned by ses:FromAddress")
+    # REPORT lines (init duration, memory) are INFO.
+    check(props(fn)["LoggingConfig"].get("SystemLogLevel") in ("INFO", "DEBUG"), f"{fn} keeps the platform's REPORT lines")
+    # Rates shared across every instance of both functions.
+    check(env(fn).get("RATE_SPLIT") == {"Fn::Sub": "${ApiReservedConcurrency}+${WorkerMaxConcurrency}"}, f"{fn}: RATE_SPLIT covers every instance")
+check(props(api).get("ReservedConcurrentExecutions") == {"Ref": "ApiReservedConcurrency"}, "the API function's instances are bounded")
+check("DefaultRouteSettings" in props("NotifyApi"), "the HTTP API stage throttles")
+check("AccessLogSettings" in props("NotifyApi"), "the HTTP API has an access log")
+check("$context.identity.sourceIp" in props("NotifyApi")["AccessLogSettings"]["Format"], "the access log names the caller's IP")
+
+# The sweeper: a schedule on the worker, the index it reads, an alarm on what it reports.
+sweep = props(worker)["Events"].get("Sweep", {})
+check(sweep.get("Type") == "Schedule", "the worker runs the sweeper on a schedule")
+gsi = [g for g in props("NotifyTable").get("GlobalSecondaryIndexes", []) if g["IndexName"] == "PendingEvents"]
+check(gsi and [k["AttributeName"] for k in gsi[0]["KeySchema"]] == ["pendingIndex", "resumeAt"], "the PendingEvents index")
+check(env(worker).get("WORK_QUEUE_URL") is not None, "the sweeper queues what it resumes")
+check(props("OldestPendingEventAlarm")["MetricName"] == "OldestPendingEventAge", "an alarm on the oldest PENDING event")
+check("DeliveriesUnconfirmed" in str(props("UnconfirmedDeliveriesAlarm")), "an alarm on unconfirmed deliveries")
+check(any("index/PendingEvents" in str(s.get("Resource")) for s in statements(worker)), "the worker may query the index")
+
+if failures:
+    print(f"{path}: {len(failures)} promise(s) broken:")
+    for f in failures:
+        print(f"  - {f}")
+    sys.exit(1)
+print(f"{path}: every checked promise holds")
