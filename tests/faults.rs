@@ -348,3 +348,76 @@ async fn an_outage_after_sending_then_a_retry_never_sends_twice() {
         "{ledger:?}"
     );
 }
+
+/// The scenario on the wire: a keyed `["c-ann","c-bob"]` by email at
+/// the default rate (1 a second), the store down right after the first
+/// SendEmail (every ledger write after the first fails). Then the store is
+/// back, and the retry with the same key finishes.
+#[tokio::test]
+async fn the_store_down_right_after_the_first_email_loses_nobody_on_the_wire() {
+    let env = TestEnv::new().await;
+    common::seed(
+        &env.sdk,
+        &env.table,
+        &json!({"items": [{"pk": "ORG#org-demo", "sk": "NOTIFICATION_CONFIG", "channels": ["EMAIL"]}]}),
+    )
+    .await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    let sdk = common::sdk_config(&proxy.endpoint).await;
+    // The production default: 1 email a second.
+    let app = notify_offer_contacts::app(&sdk, &env.config);
+    let mut request = common::read_json("events/http-api-notify-all-idempotent.json");
+    request["body"] = json!("[\"c-ann\",\"c-bob\"]");
+    let call = |request: Value| {
+        let app = &app;
+        async move {
+            let mut ctx = Context::default();
+            ctx.request_id = "outage".into();
+            HttpAnswer::from(
+                notify_offer_contacts::event::handle(
+                    app,
+                    &notify_offer_contacts::event::Edge {
+                        access: notify_offer_contacts::config::Access::local(),
+                        metrics: None,
+                    },
+                    LambdaEvent::new(request, ctx),
+                )
+                .await
+                .unwrap(),
+            )
+        }
+    };
+    // The first BatchWriteItem (c-ann's intent) passes; every later one fails.
+    proxy.inject("DynamoDB.BatchWriteItem", Fault::ServerError, 1, usize::MAX);
+    let failed = call(request.clone()).await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    let emails =
+        |env: &TestEnv| -> Vec<String> { env.moto.emails().into_iter().map(|e| e.0).collect() };
+    assert_eq!(
+        emails(&env),
+        ["ann@buyer.example.com"],
+        "c-bob never started"
+    );
+
+    proxy.clear();
+    let retried = call(request).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let mut sent = emails(&env);
+    sent.sort();
+    assert_eq!(
+        sent,
+        ["ann@buyer.example.com", "bob@buyer.example.com"],
+        "each exactly once"
+    );
+    let id = retried.body["eventID"].as_str().unwrap();
+    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    let status = |c: &str| {
+        ledger
+            .iter()
+            .find(|d| d["contactId"] == c)
+            .map(|d| d["status"].as_str().unwrap().to_owned())
+    };
+    // c-ann was in flight when the store went down: UNCONFIRMED (it did arrive).
+    assert_eq!(status("c-ann").as_deref(), Some("UNCONFIRMED"));
+    assert_eq!(status("c-bob").as_deref(), Some("SENT"));
+}
