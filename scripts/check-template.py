@@ -43,6 +43,8 @@ api, worker = "NotifyFunction", "WorkerFunction"
 # Fail closed: the HTTP API's function never serves a request without its authorizer.
 check("http" not in str(env(api).get("ALLOW_WITHOUT_AUTHORIZER", "")), "the API function must never allow http without an authorizer")
 check("ALLOW_WITHOUT_AUTHORIZER" not in env(worker), "the worker takes no direct invocation")
+check(env(api).get("INPUTS") == "http,direct,eventbridge,sns", "the API function takes only what its triggers send")
+check(env(worker).get("INPUTS") == "sqs,schedule", "the worker takes only queue messages and the schedule")
 check(env(api).get("ORG_CLAIM") == {"Ref": "OrgClaim"}, "ORG_CLAIM comes from the OrgClaim parameter")
 check("OrgJwt" in str(props("NotifyApi")["Auth"]), "the HTTP API has a JWT authorizer")
 check(props("NotifyApi")["Auth"].get("DefaultAuthorizer") == "OrgJwt", "every route uses the authorizer")
@@ -52,6 +54,7 @@ rule = props(api)["Events"]["NotifyFromEventBridge"]["Properties"]
 check(rule["Pattern"].get("source") == {"Ref": "EventSources"}, "the rule filters on source")
 check("RetryPolicy" in rule and "DeadLetterConfig" in rule, "the rule's target has a retry policy and a DLQ")
 check(env(api).get("EVENT_SOURCES") is not None, "the function checks the source too")
+check("NotificationsTopic" not in res, "no topic shared by every organisation")
 
 # Topics SES and CloudWatch publish to are encrypted with a key they may use.
 key_policy = str(props("TopicKey")["KeyPolicy"])
@@ -59,13 +62,18 @@ check("cloudwatch.amazonaws.com" in key_policy and "ses.amazonaws.com" in key_po
 for topic in ["AlarmTopic", "SesEventsTopic"]:
     check(props(topic).get("KmsMasterKeyId") == {"Ref": "TopicKey"}, f"{topic} uses TopicKey (alias/aws/sns cannot grant AWS services)")
 
-# SNS: SMS still works (Publish on *), but never the stack's own topics nor another account's.
+# SNS: SMS works (Publish on anything but a topic), topics only the organisations'
+# (OrgTopicPrefix in this account and region), never the stack's own.
 for fn in [api, worker]:
     st = statements(fn)
-    denies = [s for s in st if s.get("Effect") == "Deny" and s.get("Action") == "sns:Publish"]
-    denied = str(denies)
+    publish = [s for s in st if s.get("Action") == "sns:Publish"]
+    allows = [s for s in publish if s.get("Effect") == "Allow"]
+    denied = str([s for s in publish if s.get("Effect") == "Deny"])
     check("AlarmTopic" in denied and "SesEventsTopic" in denied, f"{fn} may not publish to the stack's own topics")
-    check("aws:ResourceAccount" in denied, f"{fn} may not publish to another account's topics")
+    check(all(s.get("Resource") != "*" for s in allows), f"{fn} may not publish to any topic at all")
+    check(any("${OrgTopicPrefix}*" in str(s.get("Resource")) and "${AWS::AccountId}" in str(s.get("Resource")) for s in allows),
+          f"{fn} publishes to this account's organisation topics only")
+    check(any("arn:${AWS::Partition}:sns:*:*:*" in str(s.get("NotResource")) for s in allows), f"{fn} may send SMS (NotResource: any topic)")
     check(env(fn).get("TOPIC_ARN_PREFIX") is not None, f"{fn} checks organisation topics against TOPIC_ARN_PREFIX")
     # SES: identity/* (the sandbox checks the recipient's identity too), sender pinned.
     ses = [s for s in st if s.get("Action") == "ses:SendEmail"]

@@ -33,7 +33,7 @@ start_function() {
   { echo "TABLE_NAME=notify-demo"; echo "SENDER_EMAIL=$SENDER"; echo "AWS_ENDPOINT_URL=$MOTO"
     echo "AWS_REGION=us-east-1"; echo "AWS_ACCESS_KEY_ID=test"; echo "AWS_SECRET_ACCESS_KEY=test"
     # A local run: no API Gateway in front, so no authorizer (never set in the stack for the HTTP API).
-    echo "ALLOW_WITHOUT_AUTHORIZER=http,direct"; echo "TOPIC_ARN_PREFIX=arn:aws:sns:us-east-1:123456789012:org-"
+    echo "ALLOW_WITHOUT_AUTHORIZER=http,direct"; echo "TOPIC_ARN_PREFIX=arn:aws:sns:us-east-1:123456789012:notify-"
     for kv in "$@"; do echo "$kv"; done; } > "$LOCAL_DIR/function.env"
   # --ignore-changes: no reloads mid-run (a file written in the tree must not restart the function).
   # shellcheck disable=SC2086

@@ -37,5 +37,5 @@ with table.batch_writer() as batch:
         batch.put_item(Item=item)
 
 boto3.client("sesv2", **kw).create_email_identity(EmailIdentity=sender)
-boto3.client("sns", **kw).create_topic(Name="org-demo-notifications")
+boto3.client("sns", **kw).create_topic(Name="notify-org-demo")
 print(f"seeded table {table_name}: {len(fixture['items'])} items (org-demo: offer-demo with c-ann, c-bob, c-cat)")

@@ -65,6 +65,45 @@ pub struct Access {
     /// `EVENT_SOURCES`: the EventBridge `source` values whose "Notify Offer
     /// Contacts" events are served (comma-separated); none: no EventBridge event is.
     pub event_sources: Vec<String>,
+    /// `INPUTS`: the kinds of event this function takes at all (comma-separated
+    /// `http`, `direct`, `eventbridge`, `sns`, `sqs`, `schedule`); unset: every
+    /// kind. An event's shape is not its authentication: whoever IAM lets
+    /// invoke a function can send any shape, so the stack gives each function
+    /// only the kinds its triggers send (the API function `http,direct,
+    /// eventbridge,sns`; the worker `sqs,schedule`).
+    pub inputs: Vec<InputKind>,
+}
+
+/// The kinds of Lambda event the function can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Http,
+    Direct,
+    EventBridge,
+    Sns,
+    Sqs,
+    Schedule,
+}
+
+impl InputKind {
+    pub const ALL: [InputKind; 6] = [
+        InputKind::Http,
+        InputKind::Direct,
+        InputKind::EventBridge,
+        InputKind::Sns,
+        InputKind::Sqs,
+        InputKind::Schedule,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Http => "http",
+            InputKind::Direct => "direct",
+            InputKind::EventBridge => "eventbridge",
+            InputKind::Sns => "sns",
+            InputKind::Sqs => "sqs",
+            InputKind::Schedule => "schedule",
+        }
+    }
 }
 
 impl Default for Access {
@@ -74,6 +113,7 @@ impl Default for Access {
             http_without_authorizer: false,
             direct_invocations: false,
             event_sources: Vec::new(),
+            inputs: InputKind::ALL.to_vec(),
         }
     }
 }
@@ -232,6 +272,24 @@ impl Config {
                 }
             }
         }
+        if let Some(kinds) = non_empty("INPUTS") {
+            access.inputs = kinds
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| {
+                    InputKind::ALL
+                        .into_iter()
+                        .find(|i| i.name() == k)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            name: "INPUTS",
+                            why: format!(
+                                "{k:?} is not one of http, direct, eventbridge, sns, sqs, schedule"
+                            ),
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+        }
         access.event_sources = non_empty("EVENT_SOURCES")
             .unwrap_or_default()
             .split(',')
@@ -319,8 +377,10 @@ mod tests {
             ("ORG_CLAIM", "custom:organizationID"),
             ("EVENT_SOURCES", "com.example.offers, com.example.crm"),
             ("RATE_SPLIT", "3+2"),
+            ("INPUTS", "sqs, schedule"),
         ]))
         .unwrap();
+        assert_eq!(c.access.inputs, [InputKind::Sqs, InputKind::Schedule]);
         assert!(c.access.direct_invocations && !c.access.http_without_authorizer);
         assert_eq!(c.access.org_claim, "custom:organizationID");
         assert_eq!(
@@ -330,6 +390,7 @@ mod tests {
         assert_eq!(c.rate_split, 5);
         for (name, value) in [
             ("ALLOW_WITHOUT_AUTHORIZER", "everyone"),
+            ("INPUTS", "http,carrier-pigeon"),
             ("RATE_SPLIT", "3+x"),
             ("TOPIC_ARN_PREFIX", "notify-org-"),
         ] {

@@ -87,6 +87,20 @@ pub enum Incoming {
     Sqs(Vec<SqsRecord>),
 }
 
+impl Incoming {
+    pub fn kind(&self) -> crate::config::InputKind {
+        use crate::config::InputKind;
+        match self {
+            Incoming::Http(_) => InputKind::Http,
+            Incoming::Direct(_) => InputKind::Direct,
+            Incoming::EventBridge { .. } => InputKind::EventBridge,
+            Incoming::Schedule => InputKind::Schedule,
+            Incoming::Sns(_) => InputKind::Sns,
+            Incoming::Sqs(_) => InputKind::Sqs,
+        }
+    }
+}
+
 /// What the worker needs of one SQS record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SqsRecord {
@@ -234,6 +248,17 @@ async fn dispatch<U: NotifyContacts + OpenTracker + Work + Sweeper>(
             return refused(e);
         }
     };
+    let kind = incoming.kind();
+    if !access.inputs.contains(&kind) {
+        tracing::warn!(
+            kind = kind.name(),
+            "event refused: this function does not take that kind (INPUTS)"
+        );
+        return refused(DirectError::Forbidden(format!(
+            "this function does not take {} events (INPUTS)",
+            kind.name()
+        )));
+    }
     match incoming {
         Incoming::Http(request) => {
             let outcome = Mutex::new(None);

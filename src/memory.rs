@@ -58,6 +58,10 @@ pub struct MemoryStore {
     failing: Mutex<HashSet<StoreOp>>,
     /// Calls of an op that still succeed before it starts failing.
     failing_after: Mutex<HashMap<StoreOp, usize>>,
+    /// Ops whose next failure is their last (a transient fault).
+    failing_once: Mutex<HashSet<StoreOp>>,
+    /// How long each ledger write takes (a slow store).
+    write_delay: Mutex<Duration>,
     /// When set, writes are accepted and dropped (benchmarks that run a
     /// request many times must not grow the store).
     forgetful: bool,
@@ -96,6 +100,15 @@ impl MemoryStore {
     /// Lets `calls` more calls of `op` succeed, then fails every later one.
     pub fn fail_after(&self, op: StoreOp, calls: usize) {
         lock(&self.failing_after).insert(op, calls);
+    }
+    /// Lets `calls` more calls of `op` succeed, fails the next one, then heals.
+    pub fn fail_once_after(&self, op: StoreOp, calls: usize) {
+        lock(&self.failing_after).insert(op, calls);
+        lock(&self.failing_once).insert(op);
+    }
+    /// Makes every ledger write take `delay` (a slow or throttled store).
+    pub fn slow_writes(&self, delay: Duration) {
+        *lock(&self.write_delay) = delay;
     }
     /// Makes a key look older than its window.
     pub fn expire_key(&self, org: &str, key: &str) {
@@ -180,6 +193,10 @@ impl MemoryStore {
             }
         }
         if lock(&self.failing).contains(&op) {
+            if lock(&self.failing_once).remove(&op) {
+                lock(&self.failing).remove(&op);
+                lock(&self.failing_after).remove(&op);
+            }
             return Err(StoreError::Unavailable {
                 op: "memory store",
                 source: format!("injected failure of {op:?}").into(),
@@ -258,6 +275,10 @@ impl EventStore for MemoryStore {
     ) -> Result<(), StoreError> {
         // 25 items a call, as BatchWriteItem: a failure can land half-way.
         for chunk in deliveries.chunks(25) {
+            let delay = *lock(&self.write_delay);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if !self.write(StoreOp::SaveDeliveries)? {
                 continue;
             }
@@ -429,6 +450,7 @@ impl EventStore for MemoryStore {
         }
         let e = &mut *e;
         crate::notify::set_lease(e, to, sweeps);
+        e.last_update_time = Some(crate::model::event::now_millis());
         Ok(true)
     }
     async fn open_batches(
@@ -520,12 +542,16 @@ impl IdempotencyStore for MemoryStore {
         &self,
         org: &OrgId,
         key: &IdempotencyKey,
+        event_id: &str,
         now_ms: i64,
         locked_until: i64,
     ) -> Result<crate::ports::KeyHold, StoreError> {
         self.check(StoreOp::Idempotency)?;
         Ok(
-            match lock(&self.keys).get_mut(&(org.to_string(), key.to_string())) {
+            match lock(&self.keys)
+                .get_mut(&(org.to_string(), key.to_string()))
+                .filter(|r| r.event_id == event_id)
+            {
                 Some(r) if r.status == IdempotencyStatus::InProgress && r.locked_until < now_ms => {
                     r.locked_until = locked_until;
                     crate::ports::KeyHold::Held

@@ -174,14 +174,16 @@ pub trait IdempotencyStore: Send + Sync {
         previous_lock: i64,
         locked_until: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// The sweeper's hold on the key of an event it resumes: locks an
+    /// The sweeper's hold on the key of event `event_id`: locks an
     /// in-progress key whose lock ran out (so no keyed retry resumes the
-    /// event at the same time), says `Free` for a key that is completed or
-    /// gone (no retry will resume), `Busy` when a run holds it now.
+    /// event at the same time), says `Free` for a key that is completed, gone
+    /// or now another request's (no retry will resume this event), `Busy` when
+    /// a run holds it now.
     fn hold_for_sweep(
         &self,
         org: &OrgId,
         key: &IdempotencyKey,
+        event_id: &str,
         now_ms: i64,
         locked_until: i64,
     ) -> impl Future<Output = Result<KeyHold, StoreError>> + Send;
@@ -522,8 +524,8 @@ macro_rules! delegate {
             fn take_over(&self, org: &OrgId, key: &IdempotencyKey, previous_lock: i64, locked_until: i64) -> impl Future<Output = Result<bool, StoreError>> + Send {
                 (**self).take_over(org, key, previous_lock, locked_until)
             }
-            fn hold_for_sweep(&self, org: &OrgId, key: &IdempotencyKey, now_ms: i64, locked_until: i64) -> impl Future<Output = Result<KeyHold, StoreError>> + Send {
-                (**self).hold_for_sweep(org, key, now_ms, locked_until)
+            fn hold_for_sweep(&self, org: &OrgId, key: &IdempotencyKey, event_id: &str, now_ms: i64, locked_until: i64) -> impl Future<Output = Result<KeyHold, StoreError>> + Send {
+                (**self).hold_for_sweep(org, key, event_id, now_ms, locked_until)
             }
             fn finish(&self, org: &OrgId, key: &IdempotencyKey, outcome: KeyOutcome) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).finish(org, key, outcome)

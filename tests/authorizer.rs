@@ -126,3 +126,32 @@ async fn eventbridge_events_are_served_only_from_the_listed_sources_and_checked_
         .unwrap();
     assert_eq!(answer["eventStatus"], "DONE", "{answer}");
 }
+
+#[tokio::test]
+async fn a_function_takes_only_the_kinds_of_event_its_triggers_send() {
+    // The worker, as the stack configures it: queue messages and the schedule.
+    let env = TestEnv::with(|c| {
+        c.access = Access {
+            inputs: vec![
+                notify_offer_contacts::config::InputKind::Sqs,
+                notify_offer_contacts::config::InputKind::Schedule,
+            ],
+            ..Access::default()
+        }
+    })
+    .await;
+    // An HTTP-shaped event whose claims name the org, sent straight to the
+    // worker by someone IAM lets invoke it: refused, not served.
+    let refused = env
+        .invoke_file("http-api-jwt-notify-listed.json")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error_type, "Forbidden");
+    let refused = env
+        .invoke_file("direct-notify-listed.json")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error_type, "Forbidden");
+    nothing_happened(&env).await;
+    assert!(env.invoke_file("scheduled-sweep.json").await.is_ok());
+}

@@ -277,7 +277,7 @@ async fn sns_channel_publishes_the_event_once_with_filter_attributes() {
         ..Default::default()
     };
     let (mut n, _, provider) = notifier(store().with_settings(ORG, settings));
-    n.policy.topic_arn_prefix = Some("arn:aws:sns:us-east-1:123456789012:org".into());
+    n.policy.topic_arn_prefix = Some("arn:aws:sns:us-east-1:123456789012:".into());
     let event = n.notify(cmd(None)).await.unwrap();
     let published = provider.published();
     assert_eq!(published.len(), 1);
@@ -726,6 +726,8 @@ async fn an_org_topic_outside_this_account_region_or_prefix_is_refused_and_nothi
         "arn:aws:sns:us-east-1:999999999999:org1", // another account
         "arn:aws:sns:eu-west-1:123456789012:org1", // another region
         "arn:aws:sns:us-east-1:123456789012:notify-offer-contacts-dev-alarms", // the stack's own
+        "arn:aws:sns:us-east-1:123456789012:org2", // another organisation's
+        "arn:aws:sns:us-east-1:123456789012:org1-extra", // not exactly its own
         "arn:aws:sns:us-east-1:123456789012:org1:subscription-id", // not a topic
         "https://example.com/hook",
     ] {
@@ -735,7 +737,7 @@ async fn an_org_topic_outside_this_account_region_or_prefix_is_refused_and_nothi
             ..Default::default()
         };
         let (mut n, store, provider) = notifier(store().with_settings(ORG, settings));
-        n.policy.topic_arn_prefix = Some("arn:aws:sns:us-east-1:123456789012:org".into());
+        n.policy.topic_arn_prefix = Some("arn:aws:sns:us-east-1:123456789012:".into());
         let event = n.notify(cmd(None)).await.unwrap();
         assert!(provider.published().is_empty(), "{arn}");
         let ledger = store.deliveries(event.event_id.as_deref().unwrap());

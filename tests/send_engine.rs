@@ -410,3 +410,81 @@ async fn an_unreadable_contact_fails_alone_and_the_others_are_notified() {
     }));
     assert_eq!(event.event_status, Some(EventStatus::Failed));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_store_cannot_make_a_send_start_late_or_end_past_the_margin() {
+    // Every ledger write takes 1 s (a token refills meanwhile); 1 email a
+    // second; each send takes 5 s; 12 s to the deadline.
+    let store = emails_only(6);
+    store.slow_writes(Duration::from_secs(1));
+    let provider = Arc::new(MemoryProvider::with_latency(Duration::from_secs(5)));
+    let mut n = memory::notifier(store.clone(), provider.clone(), 8);
+    n.rates = one_email_a_second();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(12);
+    let event = n.notify(keyed("k-slow-store", Some(deadline))).await;
+    let answered = start.elapsed();
+    let event = event.expect("an answer, not a cut-off");
+    assert!(
+        answered < Duration::from_millis(11_750),
+        "answered after {answered:?}"
+    );
+    let ledger = store.deliveries(event.event_id.as_deref().unwrap());
+    // Nothing SENDING: every send started as soon as it was announced, was
+    // cut at the margin if it had to be (UNCONFIRMED), and was recorded.
+    assert_eq!(count(&ledger, DeliveryStatus::Sending), 0, "{ledger:?}");
+    assert_eq!(
+        count(&ledger, DeliveryStatus::Sent)
+            + count(&ledger, DeliveryStatus::Unconfirmed)
+            + count(&ledger, DeliveryStatus::NotStarted),
+        6
+    );
+    assert!(count(&ledger, DeliveryStatus::Sent) >= 1);
+    assert_eq!(
+        provider.emails().len(),
+        count(&ledger, DeliveryStatus::Sent)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_refused_for_quota_is_put_back_even_when_the_store_then_fails() {
+    let store = emails_only(2);
+    let provider = Arc::new(MemoryProvider::default());
+    let n = memory::notifier(store.clone(), provider.clone(), 8);
+    provider.refuse(
+        "c0@buyer.example.com",
+        notify_offer_contacts::ports::SendError {
+            throttled: true,
+            ..notify_offer_contacts::ports::SendError::transient("TooManyRequestsException", "rate")
+        },
+    );
+    // The intents land; the outcome write fails once; then the store is back.
+    store.fail_once_after(StoreOp::SaveDeliveries, 1);
+    assert!(n.notify(keyed("k-q", None)).await.is_err());
+    let id = store.events()[0].event_id.clone().unwrap();
+    let entry = |c: &str| {
+        store
+            .deliveries(&id)
+            .into_iter()
+            .find(|d| d.contact_id.as_deref() == Some(c))
+            .unwrap()
+            .status
+    };
+    // c0 never went out: NOT_STARTED, not SENDING (which a retry would turn
+    // into UNCONFIRMED and never send).
+    assert_eq!(entry("c0"), DeliveryStatus::NotStarted);
+    assert_eq!(
+        entry("c1"),
+        DeliveryStatus::Sending,
+        "c1 went out, unrecorded"
+    );
+    provider.refuse(
+        "nobody",
+        notify_offer_contacts::ports::SendError::transient("x", "y"),
+    );
+    let provider2 = Arc::new(MemoryProvider::default());
+    let n2 = memory::notifier(store.clone(), provider2.clone(), 8);
+    n2.notify(keyed("k-q", None)).await.unwrap();
+    assert_eq!(emailed(&provider2), ["c0@buyer.example.com"]);
+    assert_eq!(entry("c1"), DeliveryStatus::Unconfirmed);
+}

@@ -292,6 +292,129 @@ async fn the_sweeper_leaves_an_event_to_the_keyed_retry_that_holds_its_key() {
     assert_eq!(emailed(&provider), once_each(4), "nobody twice");
 }
 
+#[tokio::test]
+async fn an_event_that_cannot_be_planned_any_more_is_closed_and_holds_nobody_up() {
+    let r = rig(3, false);
+    // Two events die PENDING; the settings then become unreadable for good.
+    r.store.fail(StoreOp::FinishEvent);
+    assert!(r.n.notify(all()).await.is_err());
+    assert!(r.n.notify(all()).await.is_err());
+    r.store.heal(StoreOp::FinishEvent);
+    r.store.fail(StoreOp::ReadSettings);
+    let ids: Vec<String> = r
+        .store
+        .events()
+        .iter()
+        .map(|e| e.event_id.clone().unwrap())
+        .collect();
+    for sweep in 1..=3 {
+        for id in &ids {
+            r.store.expire_lease(ORG, id);
+        }
+        let swept = r.n.sweep(None).await.unwrap();
+        // Each is counted and its lease moved on, although it fails.
+        assert_eq!(
+            (swept.stale, swept.failed),
+            (2, 2),
+            "sweep {sweep}: {swept:?}"
+        );
+        for id in &ids {
+            assert_eq!(
+                r.store.event(ORG, id).unwrap().info.unwrap()["sweeps"],
+                sweep
+            );
+        }
+    }
+    for id in &ids {
+        r.store.expire_lease(ORG, id);
+    }
+    let swept = r.n.sweep(None).await.unwrap();
+    assert_eq!(swept.closed, 2, "{swept:?}");
+    for id in &ids {
+        // Every email had gone out before the run died: closed DONE, with why.
+        let closed = r.store.event(ORG, id).unwrap();
+        assert_eq!(closed.event_status, Some(EventStatus::Done));
+        assert!(
+            closed.info.unwrap()["abandoned"]
+                .as_str()
+                .unwrap()
+                .contains("could not be planned")
+        );
+        assert_eq!(count(&r.store.deliveries(id), DeliveryStatus::Sent), 3);
+    }
+}
+
+#[tokio::test]
+async fn closing_an_abandoned_event_leaves_a_live_workers_send_to_it() {
+    let r = rig(12, true);
+    let id = r.n.notify(all()).await.unwrap().event_id.unwrap();
+    let message = r.queue.drain().remove(0);
+    // A live worker took one delivery of the first message a moment ago.
+    let mut taken = r
+        .store
+        .deliveries(&id)
+        .into_iter()
+        .find(|d| d.batch.as_deref() == Some(message.batch_id.as_str()))
+        .unwrap();
+    taken.status = DeliveryStatus::Sending;
+    r.store.put_delivery(&id, taken.clone());
+    for _ in 0..4 {
+        r.queue.drain();
+        r.store.expire_lease(ORG, &id);
+        r.n.sweep(None).await.unwrap();
+    }
+    // The rest is closed FAILED, but not the live worker's send: the event
+    // stays open for that worker to record and close.
+    let ledger = r.store.deliveries(&id);
+    assert_eq!(count(&ledger, DeliveryStatus::Sending), 1);
+    assert_eq!(count(&ledger, DeliveryStatus::Failed), 11);
+    assert_eq!(
+        r.store.event(ORG, &id).unwrap().event_status,
+        Some(EventStatus::Pending)
+    );
+    taken.status = DeliveryStatus::Sent;
+    r.store.put_delivery(&id, taken);
+    r.n.work(message, 2, None).await.unwrap();
+    assert_eq!(
+        r.store.event(ORG, &id).unwrap().event_status,
+        Some(EventStatus::Failed)
+    );
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_event_is_not_held_by_the_sweeper() {
+    use notify_offer_contacts::ports::{IdempotencyStore, KeyHold};
+    let r = rig(3, false);
+    let keyed = NotifyCommand {
+        idempotency_key: Some(IdempotencyKey::parse("k-old").unwrap()),
+        ..all()
+    };
+    r.store.fail(StoreOp::FinishEvent);
+    assert!(r.n.notify(keyed).await.is_err());
+    r.store.heal(StoreOp::FinishEvent);
+    let org = OrgId::parse(ORG).unwrap();
+    let key = IdempotencyKey::parse("k-old").unwrap();
+    let event_id = r.store.events()[0].event_id.clone().unwrap();
+    // The key record names this event: held. Another event: free, untouched.
+    r.store.expire_lock(ORG, "k-old");
+    assert_eq!(
+        r.store
+            .hold_for_sweep(&org, &key, "another-event", 0, 1)
+            .await
+            .unwrap(),
+        KeyHold::Free
+    );
+    assert_eq!(r.store.key_record(ORG, "k-old").unwrap().locked_until, 0);
+    let now = i64::MAX / 2;
+    assert_eq!(
+        r.store
+            .hold_for_sweep(&org, &key, &event_id, now, now + 1)
+            .await
+            .unwrap(),
+        KeyHold::Held
+    );
+}
+
 // ---- the index and the lease over DynamoDB's wire protocol (moto) ----
 
 fn pending_event(id: &str, resume_after: time::OffsetDateTime) -> NotificationEvent {
@@ -397,6 +520,60 @@ async fn an_event_stored_before_leases_existed_gets_one_on_its_first_resume() {
         .unwrap()
         .unwrap();
     assert!(notify_offer_contacts::notify::resume_after(&event).is_some());
+}
+
+#[tokio::test]
+async fn a_lease_move_is_seen_by_writers_that_rewrite_the_whole_event() {
+    use notify_offer_contacts::ports::EventStore;
+    use notify_offer_contacts::tracking::{Open, OpenTracker};
+    let env = common::TestEnv::new().await;
+    let store =
+        notify_offer_contacts::aws::dynamo::DynamoStore::new(env.dynamo(), env.table.clone());
+    let now = time::OffsetDateTime::now_utc();
+    let mut event = pending_event(
+        "01a00000-0000-7000-8000-00000000000d",
+        now - time::Duration::minutes(1),
+    );
+    event.contact_ids = Some(vec!["c-ann".into()]);
+    store.create_event(&event).await.unwrap();
+    let org = OrgId::parse("org-demo").unwrap();
+    let id = event.event_id.clone().unwrap();
+    let held = notify_offer_contacts::notify::resume_after(&event)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let later = now + time::Duration::minutes(30);
+    assert!(
+        store
+            .move_lease(&org, &id, Some(&held), later, 2)
+            .await
+            .unwrap()
+    );
+    // An open arrives: its write is conditional on lastUpdateTime, so it
+    // re-reads and keeps the moved lease and the sweep count.
+    let open = Open {
+        org: org.clone(),
+        event_id: id.clone(),
+        contact: ContactId::parse("c-ann").unwrap(),
+        at: now,
+        message_id: "sns-1".into(),
+    };
+    store.record_open(&open).await.unwrap();
+    let (stored, _) = store
+        .event_with_deliveries(&org, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    let info = stored.info.unwrap();
+    assert_eq!(info["sweeps"], 2);
+    assert_eq!(
+        info["resumeAfter"].as_str().unwrap(),
+        later
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        "the moved lease, not the one the open's writer first read"
+    );
+    assert_eq!(info["opens"]["c-ann"], 1);
 }
 
 #[tokio::test]

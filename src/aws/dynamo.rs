@@ -477,6 +477,7 @@ impl IdempotencyStore for DynamoStore {
         &self,
         org: &OrgId,
         key: &IdempotencyKey,
+        event_id: &str,
         now_ms: i64,
         locked_until: i64,
     ) -> Result<KeyHold, StoreError> {
@@ -487,11 +488,12 @@ impl IdempotencyStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(self::key(org_pk(org), idempotency_sk(key))))
             .update_expression("SET lockedUntil = :new")
-            .condition_expression("#s = :running AND lockedUntil < :now")
+            .condition_expression("#s = :running AND lockedUntil < :now AND eventID = :e")
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":new", AttributeValue::N(locked_until.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
             .expression_attribute_values(":running", AttributeValue::S("IN_PROGRESS".into()))
+            .expression_attribute_values(":e", AttributeValue::S(event_id.to_owned()))
             .send()
             .await;
         match result {
@@ -500,15 +502,11 @@ impl IdempotencyStore for DynamoStore {
                 let held = self
                     .get_with(OP, org_pk(org), idempotency_sk(key), true)
                     .await?;
-                let running = held
-                    .as_ref()
-                    .and_then(|i| i.get("status"))
-                    .is_some_and(|s| *s == AttributeValue::S("IN_PROGRESS".into()));
-                Ok(if running {
-                    KeyHold::Busy
-                } else {
-                    KeyHold::Free
-                })
+                let attr = |k: &str| held.as_ref().and_then(|i| i.get(k));
+                // Busy only while a request holds *this event's* key.
+                let busy = attr("status") == Some(&AttributeValue::S("IN_PROGRESS".into()))
+                    && attr("eventID") == Some(&AttributeValue::S(event_id.to_owned()));
+                Ok(if busy { KeyHold::Busy } else { KeyHold::Free })
             }
             Err(e) => Err(unavailable(OP)(e)),
         }
@@ -805,12 +803,15 @@ impl EventStore for DynamoStore {
         to: time::OffsetDateTime,
         sweeps: u32,
     ) -> Result<bool, StoreError> {
-        let to_text = to
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| StoreError::Malformed {
-                op: "move event lease",
-                detail: e.to_string(),
-            })?;
+        let rfc3339 = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| StoreError::Malformed {
+                    op: "move event lease",
+                    detail: e.to_string(),
+                })
+        };
+        let to_text = rfc3339(to)?;
+        let now_text = rfc3339(crate::model::event::now_millis())?;
         let update = || {
             self.client
                 .update_item()
@@ -818,12 +819,15 @@ impl EventStore for DynamoStore {
                 .set_key(Some(key(org_pk(org), event_sk(event_id))))
                 .expression_attribute_values(":ms", AttributeValue::N(epoch_ms(to).to_string()))
                 .expression_attribute_values(":pending", AttributeValue::S(PENDING.into()))
+                // Writers that rewrite the whole item (opens, a merged final
+                // write) are conditional on lastUpdateTime: they see the move.
+                .expression_attribute_values(":now", AttributeValue::S(now_text.clone()))
         };
         let attempt = match from {
             Some(from) => {
                 update()
                     .update_expression(
-                        "SET info.resumeAfter = :to, info.sweeps = :n, resumeAt = :ms",
+                        "SET info.resumeAfter = :to, info.sweeps = :n, resumeAt = :ms, lastUpdateTime = :now",
                     )
                     .condition_expression("eventStatus = :pending AND info.resumeAfter = :from")
                     .expression_attribute_values(":to", AttributeValue::S(to_text.clone()))
@@ -835,7 +839,7 @@ impl EventStore for DynamoStore {
             // An event stored before leases existed: give it its first one.
             None => {
                 let first = update()
-                    .update_expression("SET info = :info, resumeAt = :ms")
+                    .update_expression("SET info = :info, resumeAt = :ms, lastUpdateTime = :now")
                     .condition_expression("eventStatus = :pending AND attribute_not_exists(info)")
                     .expression_attribute_values(
                         ":info",
@@ -850,7 +854,7 @@ impl EventStore for DynamoStore {
                     Err(e) if conditional_failed(&e) => {
                         update()
                             .update_expression(
-                                "SET info.resumeAfter = :to, info.sweeps = :n, resumeAt = :ms",
+                                "SET info.resumeAfter = :to, info.sweeps = :n, resumeAt = :ms, lastUpdateTime = :now",
                             )
                             .condition_expression(
                                 "eventStatus = :pending AND attribute_exists(info) AND attribute_not_exists(info.resumeAfter)",

@@ -15,8 +15,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::model::event::now_millis;
@@ -149,7 +149,7 @@ where
         let mut tick = tokio::time::interval(LEDGER_FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let batch = match announce {
-            Announce::Take { batch } => Some(batch.to_owned()),
+            Announce::Take { batch } => Some(batch),
             Announce::Intent => None,
         };
 
@@ -193,17 +193,24 @@ where
                             )
                             .await;
                         }
-                        // The call's bound: the time left before the margin, at most the
-                        // per-call timeout (at least `min_send_time`, as checked above).
-                        let budget = calls_end
-                            .map(|e| e.saturating_duration_since(Instant::now()))
-                            .unwrap_or(policy.send_timeout)
-                            .min(policy.send_timeout);
                         for (i, a) in started {
                             in_flight.push(async move {
-                                let result = self.perform(&a, budget).await;
-                                (i, a, result)
+                                // A send starts when it is first polled: if that is
+                                // past the last start (the loop was held up), it does
+                                // not start at all.
+                                if last_start.is_some_and(|l| Instant::now() > l) {
+                                    return (i, a, None);
+                                }
+                                let result = self.perform(&a, calls_end).await;
+                                (i, a, Some(result))
                             });
+                        }
+                        // Start them now, before anything else is awaited.
+                        while let Some(Some(done)) = in_flight.next().now_or_never() {
+                            if settle(done, &mut lanes, batch, &mut unrecorded, &mut out) {
+                                self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out)
+                                    .await;
+                            }
                         }
                         continue;
                     }
@@ -225,30 +232,9 @@ where
                 continue;
             }
             tokio::select! {
-                Some((i, action, result)) = in_flight.next() => {
-                    match result {
-                        Err(e) if e.throttled => {
-                            // The quota, not the recipient, refused: this send and the
-                            // rest of its channel are put back, none recorded FAILED.
-                            tracing::warn!(channel = %action.channel(), code = %e.code, "provider quota reached; the channel's remaining sends are put back");
-                            let channel = action.channel();
-                            out.held.push(Held { action, why: Hold::Quota, announced: true });
-                            if let Some(lane) = lanes.iter_mut().find(|l| l.channel == channel) {
-                                out.held.extend(lane.waiting.drain(..).map(|(_, action)| Held {
-                                    action,
-                                    why: Hold::Quota,
-                                    announced: false,
-                                }));
-                            }
-                        }
-                        result => {
-                            let mut d = outcome(&action, result);
-                            d.batch.clone_from(&batch);
-                            unrecorded.push((i, d));
-                            if unrecorded.len() >= LEDGER_BATCH && out.failure.is_none() {
-                                self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out).await;
-                            }
-                        }
+                Some(done) = in_flight.next() => {
+                    if settle(done, &mut lanes, batch, &mut unrecorded, &mut out) {
+                        self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out).await;
                     }
                 }
                 // After a failure, outcomes wait for one last attempt at the end.
@@ -415,9 +401,18 @@ where
         }
     }
 
-    /// One provider call, bounded by `budget`: past it, the provider may or
-    /// may not have the message, so the outcome is unknown.
-    async fn perform(&self, action: &Action, budget: Duration) -> Result<String, SendError> {
+    /// One provider call, cut at `calls_end` (the deadline less its margin)
+    /// and at the per-call timeout: past it, the provider may or may not have
+    /// the message, so the outcome is unknown.
+    async fn perform(
+        &self,
+        action: &Action,
+        calls_end: Option<Instant>,
+    ) -> Result<String, SendError> {
+        let started = Instant::now();
+        let end = calls_end.map_or(started + self.policy.send_timeout, |e| {
+            e.min(started + self.policy.send_timeout)
+        });
         let send = async {
             match action {
                 Action::Email { email, .. } => self.mailer.send_email(email).await,
@@ -425,13 +420,13 @@ where
                 Action::Topic(m) => self.topics.publish(m).await,
             }
         };
-        match tokio::time::timeout(budget, send).await {
+        match tokio::time::timeout_at(end, send).await {
             Ok(result) => result,
             Err(_) => Err(SendError::unknown(
                 "DeadlineTimeout",
                 format!(
                     "no answer within the {} ms the deadline left",
-                    budget.as_millis()
+                    (end - started).as_millis()
                 ),
             )),
         }
@@ -481,6 +476,51 @@ fn take_ready(
         }
     }
     (group, next)
+}
+
+/// Takes in one finished (or never started) send: its outcome to record, or,
+/// when the provider's quota refused it, the whole channel put back. Answers
+/// whether enough outcomes are waiting for a write.
+fn settle(
+    (i, action, result): (usize, Action, Option<Result<String, SendError>>),
+    lanes: &mut [Lane<'_>],
+    batch: Option<&str>,
+    unrecorded: &mut Vec<(usize, Delivery)>,
+    out: &mut Delivered,
+) -> bool {
+    match result {
+        // Announced, but too late to start: back to not started.
+        None => out.held.push(Held {
+            action,
+            why: Hold::Deadline,
+            announced: true,
+        }),
+        Some(Err(e)) if e.throttled => {
+            // The quota, not the recipient, refused: this send and the rest
+            // of its channel are put back, none recorded FAILED.
+            tracing::warn!(channel = %action.channel(), code = %e.code, "provider quota reached; the channel's remaining sends are put back");
+            let channel = action.channel();
+            out.held.push(Held {
+                action,
+                why: Hold::Quota,
+                announced: true,
+            });
+            if let Some(lane) = lanes.iter_mut().find(|l| l.channel == channel) {
+                out.held
+                    .extend(lane.waiting.drain(..).map(|(_, action)| Held {
+                        action,
+                        why: Hold::Quota,
+                        announced: false,
+                    }));
+            }
+        }
+        Some(result) => {
+            let mut d = outcome(&action, result);
+            d.batch = batch.map(str::to_owned);
+            unrecorded.push((i, d));
+        }
+    }
+    unrecorded.len() >= LEDGER_BATCH && out.failure.is_none()
 }
 
 fn hold_all(lanes: &mut [Lane<'_>], why: Hold, held: &mut Vec<Held>) {

@@ -622,7 +622,20 @@ where
         fresh.extend(delivered.recorded);
         if let Some(e) = delivered.failure {
             // The event stays PENDING with its lease; what was not started has
-            // no intent, so a keyed retry or the sweeper sends it.
+            // no intent, so a keyed retry or the sweeper sends it. A send the
+            // provider refused (quota) after its intent was written is put back
+            // too, if the store lets us: it must not look as if it went out.
+            let back: Vec<Delivery> = delivered
+                .held
+                .iter()
+                .filter(|h| h.announced)
+                .map(|h| h.action.not_started(h.why))
+                .collect();
+            if !back.is_empty()
+                && let Err(undo) = self.store.save_deliveries(&org, &event_id, &back).await
+            {
+                tracing::warn!(error = %crate::error_chain(&undo), "could not put back sends that did not go out");
+            }
             return Err(e.into());
         }
         let held = delivered.held;

@@ -294,7 +294,7 @@ where
                     // The ARN is tenant data: it may only name a topic of
                     // this account and region under the allowed name prefix.
                     Some(arn) => {
-                        match allowed_topic(arn, self.policy.topic_arn_prefix.as_deref()) {
+                        match allowed_topic(arn, self.policy.topic_arn_prefix.as_deref(), &org) {
                             Err(why) => {
                                 tracing::warn!(reason = why, "snsTopicArn refused");
                                 let mut d = skipped(
@@ -333,10 +333,12 @@ where
 }
 
 /// Checks an organisation's `snsTopicArn` before anything is published to it:
-/// a well-formed SNS topic ARN that starts with `prefix` (the template sets
-/// `arn:{partition}:sns:{region}:{account}:{OrgTopicPrefix}`). Without a
-/// prefix configured, no topic is allowed. The reason names no part of the ARN.
-pub fn allowed_topic(arn: &str, prefix: Option<&str>) -> Result<(), &'static str> {
+/// a well-formed SNS topic ARN that is exactly `prefix` + the organisation's
+/// ID (or that `.fifo`). The template sets the prefix to
+/// `arn:{partition}:sns:{region}:{account}:{OrgTopicPrefix}`: so one
+/// organisation's topic is never another's, nor one of the stack's. Without
+/// a prefix configured, no topic is allowed. The reason names no part of the ARN.
+pub fn allowed_topic(arn: &str, prefix: Option<&str>, org: &str) -> Result<(), &'static str> {
     let parts: Vec<&str> = arn.split(':').collect();
     let [head, partition, service, region, account, name] = parts.as_slice() else {
         return Err("it is not an SNS topic ARN");
@@ -361,12 +363,16 @@ pub fn allowed_topic(arn: &str, prefix: Option<&str>) -> Result<(), &'static str
     {
         return Err("it is not an SNS topic ARN");
     }
-    match prefix {
-        None => Err("this deployment allows no organization topics (TOPIC_ARN_PREFIX is not set)"),
-        Some(p) if arn.starts_with(p) => Ok(()),
-        Some(_) => {
-            Err("it is not a topic of this account and region under the allowed name prefix")
-        }
+    let Some(prefix) = prefix else {
+        return Err("this deployment allows no organization topics (TOPIC_ARN_PREFIX is not set)");
+    };
+    let own = format!("{prefix}{org}");
+    if arn == own || arn.strip_suffix(".fifo") == Some(own.as_str()) {
+        Ok(())
+    } else {
+        Err(
+            "it is not this organization's topic: the topic must be named the allowed prefix followed by the organization's ID, in this account and region",
+        )
     }
 }
 
@@ -374,42 +380,57 @@ pub fn allowed_topic(arn: &str, prefix: Option<&str>) -> Result<(), &'static str
 pub const MAX_TOPIC_BYTES: usize = 200 * 1024;
 /// Contact IDs listed in a topic message at most (`contactCount` has them all).
 pub const TOPIC_CONTACT_IDS: usize = 100;
+/// Longest text field (title, message, offer name) in a topic message.
+const TOPIC_TEXT_CHARS: usize = 1000;
 
-/// The event as the organisation's topic receives it: no addresses
-/// (`contactEmails` dropped), the first contact IDs with the count, and
-/// bounded in size whatever the recipient count or the offer's data.
+/// The event as the organisation's topic receives it: an allow-list of the
+/// event's fields (no `contactEmails`, no `info`, whose delivery reasons may
+/// quote a provider's words about a recipient, no creator's address), the
+/// first contact IDs with the count, texts cut to 1,000 characters: bounded
+/// whatever the recipient count or the offer's data.
 pub fn topic_body(event: &NotificationEvent) -> String {
-    let mut summary = event.clone();
-    summary.contact_emails = None;
-    let count = event.contact_ids.as_ref().map_or(0, Vec::len);
-    if let Some(ids) = summary.contact_ids.as_mut() {
-        ids.truncate(TOPIC_CONTACT_IDS);
-    }
-    let mut value = serde_json::to_value(&summary).unwrap_or_default();
-    value["contactCount"] = serde_json::json!(count);
-    let mut text = value.to_string();
-    if text.len() > MAX_TOPIC_BYTES {
-        // Another writer's offer data can be large: keep the head of it.
-        for field in ["contactIds", "ccContactIds"] {
-            if let Some(o) = value.as_object_mut() {
-                o.remove(field);
-            }
-        }
-        for field in ["title", "message", "entityName", "entityStatus"] {
-            if let Some(serde_json::Value::String(t)) = value.get_mut(field) {
-                let cut: String = t.chars().take(1000).collect();
-                *t = cut;
-            }
-        }
-        text = value.to_string();
-    }
-    if text.len() > MAX_TOPIC_BYTES {
-        text = serde_json::json!({
-            "action": event.action, "entityType": event.entity_type,
-            "entityID": event.entity_id, "eventID": event.event_id,
-            "organizationID": event.organization_id, "contactCount": count,
+    let text = |t: &Option<String>| {
+        t.as_ref()
+            .map(|t| t.chars().take(TOPIC_TEXT_CHARS).collect::<String>())
+    };
+    let ids = |l: &Option<Vec<String>>| {
+        l.as_ref().map(|l| {
+            l.iter()
+                .take(TOPIC_CONTACT_IDS)
+                .cloned()
+                .collect::<Vec<_>>()
         })
-        .to_string();
-    }
-    text
+    };
+    let creator = event.created_by.as_ref().map(|c| {
+        serde_json::json!({"entityId": text(&c.entity_id), "entityType": c.entity_type, "name": text(&c.name)})
+    });
+    let summary = serde_json::json!({
+        "action": event.action,
+        "entityType": event.entity_type,
+        "entityID": event.entity_id,
+        "entityName": text(&event.entity_name),
+        "entityStatus": text(&event.entity_status),
+        "partner": event.partner,
+        "organizationID": event.organization_id,
+        "eventID": event.event_id,
+        "eventStatus": event.event_status,
+        "channels": event.channels,
+        "contactIds": ids(&event.contact_ids),
+        "ccContactIds": ids(&event.cc_contact_ids),
+        "contactCount": event.contact_ids.as_ref().map_or(0, Vec::len),
+        "createdBy": creator,
+        "title": text(&event.title),
+        "message": text(&event.message),
+        "priority": event.priority,
+        "timestamp": event.timestamp.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+    });
+    // Drop what is not set, so the message reads like the API's event.
+    let compact: serde_json::Map<String, serde_json::Value> = summary
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    serde_json::Value::Object(compact).to_string()
 }

@@ -108,11 +108,10 @@ where
                 }
             };
             let abandoned = |n: &Notified| {
-                n.recorded.iter().any(|d| {
-                    d.reason.as_deref().is_some_and(|r| {
-                        r.starts_with("abandoned") || r.starts_with("the offer no longer")
-                    })
-                })
+                n.event
+                    .info
+                    .as_ref()
+                    .is_some_and(|i| i.contains_key("abandoned"))
             };
             match Box::pin(
                 self.resume(stored.0, stored.1, deadline, Trigger::Sweep)
@@ -172,35 +171,13 @@ where
             return Ok(Notified::fresh(event, Vec::new()));
         }
         let sweeps = sweeps(&event) + u32::from(trigger == Trigger::Sweep);
-        let offer_id =
-            OfferId::parse(event.entity_id.as_deref().unwrap_or_default()).map_err(|_| {
-                StoreError::Malformed {
-                    op: "resume event",
-                    detail: "the event's entityID is not a valid offer ID".into(),
-                }
-            })?;
-        let (offer, settings) = tokio::try_join!(
-            self.store.offer_details(&org, &offer_id),
-            self.store.settings(&org)
-        )?;
-        let offer_gone = offer.is_none();
-        let offer = offer.unwrap_or_else(|| Offer {
-            id: event.entity_id.clone().unwrap_or_default(),
-            ..Offer::default()
-        });
-        let recipients = self
-            .recipients_of(
-                &org,
-                event.contact_ids.clone().unwrap_or_default(),
-                event.cc_contact_ids.clone().unwrap_or_default(),
-            )
-            .await?;
-        let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
 
-        // Take the lease: from here on this run alone resumes the event.
+        // Take the lease first, before any read that could fail for good (a
+        // malformed offer or settings item): the sweep is counted and the lease
+        // moved on either way, so no event can hold the sweeper up for ever.
         let lease = if is_queued(&event) {
-            self.policy.queue_lease
-                + self.estimate(&actions.iter().map(Action::channel).collect::<Vec<_>>())
+            let channels: Vec<_> = ledger.iter().map(|d| d.channel.clone()).collect();
+            self.policy.queue_lease + self.estimate(&channels)
         } else {
             self.policy.sync_lease
         };
@@ -229,7 +206,7 @@ where
                 let lock_ms = self.policy.sync_lease.as_millis() as i64;
                 match self
                     .store
-                    .hold_for_sweep(&org, &key, now_ms, now_ms + lock_ms)
+                    .hold_for_sweep(&org, &key, &event_id, now_ms, now_ms + lock_ms)
                     .await?
                 {
                     KeyHold::Busy => return Err(NotifyError::EventBusy(event_id)),
@@ -239,10 +216,7 @@ where
             }
         }
         set_lease(&mut event, until, sweeps);
-        let result = Box::pin(self.resume_held(
-            event, ledger, actions, decided, offer_gone, deadline, trigger,
-        ))
-        .await;
+        let result = Box::pin(self.resume_planned(event, ledger, deadline, trigger)).await;
         if let Some(key) = held_key {
             let outcome = match &result {
                 Ok(n)
@@ -260,6 +234,71 @@ where
         result
     }
 
+    /// Plans the held event from its own recipient list, then resumes it. An
+    /// event that cannot be planned any more (the offer gone, stored data
+    /// another writer broke) is closed on its last sweep from what the event
+    /// itself says was planned.
+    async fn resume_planned(
+        &self,
+        event: NotificationEvent,
+        ledger: Vec<Delivery>,
+        deadline: Option<tokio::time::Instant>,
+        trigger: Trigger,
+    ) -> Result<Notified, NotifyError> {
+        let last_sweep = trigger == Trigger::Sweep && sweeps(&event) > self.policy.max_sweeps;
+        match self.plan_stored(&event).await {
+            Ok((actions, decided, false)) => {
+                Box::pin(self.resume_held(event, ledger, actions, decided, deadline, trigger)).await
+            }
+            Ok((actions, decided, true)) => {
+                let expected = expected(&actions, &decided);
+                self.close_abandoned(event, ledger, expected, "the offer no longer exists")
+                    .await
+            }
+            Err(e) if last_sweep => {
+                tracing::warn!(error = %crate::error_chain(&e), "the event cannot be planned any more; closing it");
+                let expected = planned_from_event(&event);
+                let why = "abandoned: the event could not be planned again (its offer, settings or contacts cannot be read)";
+                self.close_abandoned(event, ledger, expected, why).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Plans a stored event from its own recipient list: the actions, the
+    /// decided deliveries, and whether the offer is gone.
+    async fn plan_stored(
+        &self,
+        event: &NotificationEvent,
+    ) -> Result<(Vec<Action>, Vec<Delivery>, bool), NotifyError> {
+        let (org, _) = event_ids(event)?;
+        let offer_id =
+            OfferId::parse(event.entity_id.as_deref().unwrap_or_default()).map_err(|_| {
+                StoreError::Malformed {
+                    op: "resume event",
+                    detail: "the event's entityID is not a valid offer ID".into(),
+                }
+            })?;
+        let (offer, settings) = tokio::try_join!(
+            self.store.offer_details(&org, &offer_id),
+            self.store.settings(&org)
+        )?;
+        let offer_gone = offer.is_none();
+        let offer = offer.unwrap_or_else(|| Offer {
+            id: offer_id.to_string(),
+            ..Offer::default()
+        });
+        let recipients = self
+            .recipients_of(
+                &org,
+                event.contact_ids.clone().unwrap_or_default(),
+                event.cc_contact_ids.clone().unwrap_or_default(),
+            )
+            .await?;
+        let (actions, decided) = self.plan(event, &offer, &settings, &recipients);
+        Ok((actions, decided, offer_gone))
+    }
+
     /// The part of `resume` that runs once the lease (and the key) are held.
     #[allow(clippy::too_many_arguments)]
     async fn resume_held(
@@ -268,7 +307,6 @@ where
         ledger: Vec<Delivery>,
         actions: Vec<Action>,
         decided: Vec<Delivery>,
-        offer_gone: bool,
         deadline: Option<tokio::time::Instant>,
         trigger: Trigger,
     ) -> Result<Notified, NotifyError> {
@@ -281,25 +319,13 @@ where
             "resuming a PENDING event"
         );
 
-        if offer_gone {
-            return self
-                .close_abandoned(
-                    event,
-                    ledger,
-                    &actions,
-                    &decided,
-                    "the offer no longer exists",
-                )
-                .await;
-        }
         if trigger == Trigger::Sweep && sweeps > self.policy.max_sweeps {
             let why = format!(
                 "abandoned: still not sent after {} resumptions by the sweeper",
                 self.policy.max_sweeps
             );
-            return self
-                .close_abandoned(event, ledger, &actions, &decided, &why)
-                .await;
+            let expected = expected(&actions, &decided);
+            return self.close_abandoned(event, ledger, expected, &why).await;
         }
         if is_queued(&event) {
             return Box::pin(self.requeue(event, ledger, actions, decided)).await;
@@ -410,19 +436,24 @@ where
         Ok(Notified::fresh(event, recorded))
     }
 
-    /// Closes an event nobody can finish: every planned delivery not settled
+    /// Closes an event nobody can finish: every expected delivery not settled
     /// is recorded FAILED with `why` (a SENDING one UNCONFIRMED), and the
-    /// event is closed with the true summary.
+    /// event is closed with the true summary. A handed-off event's delivery a
+    /// live worker took moments ago is left to it: the event then stays open
+    /// for that worker to close.
     async fn close_abandoned(
         &self,
         event: NotificationEvent,
         ledger: Vec<Delivery>,
-        actions: &[Action],
-        decided: &[Delivery],
+        expected: Vec<Delivery>,
         why: &str,
     ) -> Result<Notified, NotifyError> {
         let (org, event_id) = event_ids(&event)?;
         tracing::warn!(reason = why, "closing an abandoned event");
+        let queued_mode = is_queued(&event);
+        let lease = time::Duration::try_from(self.policy.hand_off.sending_lease)
+            .unwrap_or(time::Duration::MAX);
+        let now = now_millis();
         let mut all: BTreeMap<String, Delivery> =
             ledger.into_iter().map(|d| (d.key(), d)).collect();
         let mut written: Vec<Delivery> = Vec::new();
@@ -435,6 +466,8 @@ where
         };
         for d in all.values_mut() {
             match d.status {
+                // A worker's take younger than its lease may still be sending.
+                DeliveryStatus::Sending if queued_mode && now - d.time < lease => {}
                 DeliveryStatus::Sending => {
                     unconfirm(d, "its run stopped between sending and recording");
                     written.push(d.clone());
@@ -451,15 +484,16 @@ where
                 _ => {}
             }
         }
-        let missing: Vec<Delivery> = actions
-            .iter()
-            .map(|a| failed(a.entry(DeliveryStatus::Failed)))
-            .chain(decided.iter().cloned())
-            .filter(|d| !all.contains_key(&d.key()))
-            .collect();
-        for d in missing {
-            all.insert(d.key(), d.clone());
-            written.push(d);
+        for d in expected {
+            if !all.contains_key(&d.key()) {
+                let d = if d.status == DeliveryStatus::Skipped {
+                    d
+                } else {
+                    failed(d)
+                };
+                all.insert(d.key(), d.clone());
+                written.push(d);
+            }
         }
         if !written.is_empty() {
             self.store
@@ -480,13 +514,64 @@ where
             }
         }
         let mut event = event;
+        // Says why in the event too, for whoever reads it.
+        event
+            .info
+            .get_or_insert_with(Default::default)
+            .insert("abandoned".into(), serde_json::json!(why));
         let ledger: Vec<Delivery> = all.into_values().collect();
         if ledger.iter().any(|d| !d.is_settled()) {
-            // A worker took some meanwhile: it closes the event when it is done.
+            // A live worker still sends some: every other batch is finished
+            // here, so that worker's completion is the last, and it closes.
+            let mut open: BTreeMap<&str, bool> = BTreeMap::new();
+            for d in &ledger {
+                if let Some(b) = d.batch.as_deref() {
+                    *open.entry(b).or_default() |= !d.is_settled();
+                }
+            }
+            for (batch, _) in open.into_iter().filter(|(_, unsettled)| !unsettled) {
+                self.store.complete_batch(&org, &event_id, batch).await?;
+            }
             return Ok(Notified::fresh(event, written));
         }
         conclude(&mut event, &ledger);
         self.store.close_event(&event).await?;
         Ok(Notified::fresh(event, written))
     }
+}
+
+/// What a plan says should be on record: every action's delivery, and the
+/// decided ones (skipped, failed) as they are.
+fn expected(actions: &[Action], decided: &[Delivery]) -> Vec<Delivery> {
+    actions
+        .iter()
+        .map(|a| a.entry(DeliveryStatus::Failed))
+        .chain(decided.iter().cloned())
+        .collect()
+}
+
+/// What an event says was planned, when it cannot be planned again: one
+/// delivery per recipient on each of its channels (cc contacts by email),
+/// one for a topic, one for a channel this function does not send on.
+fn planned_from_event(event: &NotificationEvent) -> Vec<Delivery> {
+    use crate::model::NotificationChannel;
+    let ids = event.contact_ids.clone().unwrap_or_default();
+    let cc = event.cc_contact_ids.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for channel in event.channels.clone().unwrap_or_default() {
+        let entry = |contact: Option<&str>| {
+            let mut d = super::skipped(channel.clone(), contact, "");
+            d.status = DeliveryStatus::Failed;
+            d.reason = None;
+            d
+        };
+        match channel {
+            NotificationChannel::Email => {
+                out.extend(ids.iter().chain(&cc).map(|c| entry(Some(c))));
+            }
+            NotificationChannel::Sms => out.extend(ids.iter().map(|c| entry(Some(c)))),
+            _ => out.push(entry(None)),
+        }
+    }
+    out
 }

@@ -22,11 +22,11 @@ use notify_offer_contacts::config::Config;
 use serde_json::Value;
 
 pub const SENDER: &str = "offers@seller.example.com";
-pub const TOPIC_NAME: &str = "org-demo-notifications";
+pub const TOPIC_NAME: &str = "notify-org-demo";
 /// The EventBridge source of `events/eventbridge-notify-listed.json`.
 pub const EVENT_SOURCE: &str = "com.example.renewals";
-/// Organisation topics allowed in tests: moto's account and region, names starting `org-`.
-pub const TOPIC_ARN_PREFIX: &str = "arn:aws:sns:us-east-1:123456789012:org-";
+/// Organisation topics allowed in tests: moto's account and region, each named `notify-{orgId}`.
+pub const TOPIC_ARN_PREFIX: &str = "arn:aws:sns:us-east-1:123456789012:notify-";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
