@@ -40,9 +40,17 @@ async fn through_proxy(env: &TestEnv, proxy: &FaultProxy) -> notify_offer_contac
 }
 
 async fn notify(app: &notify_offer_contacts::App) -> HttpAnswer {
+    notify_with(
+        app,
+        common::read_json("events/http-api-notify-all-idempotent.json"),
+    )
+    .await
+}
+
+/// Invokes the handler with an HTTP event, as a local run (no authorizer needed).
+async fn notify_with(app: &notify_offer_contacts::App, event: Value) -> HttpAnswer {
     let mut ctx = Context::default();
     ctx.request_id = "fault-test".into();
-    let event = common::read_json("events/http-api-notify-all-idempotent.json");
     HttpAnswer::from(
         notify_offer_contacts::event::handle(
             app,
@@ -368,28 +376,9 @@ async fn the_store_down_right_after_the_first_email_loses_nobody_on_the_wire() {
     let app = notify_offer_contacts::app(&sdk, &env.config);
     let mut request = common::read_json("events/http-api-notify-all-idempotent.json");
     request["body"] = json!("[\"c-ann\",\"c-bob\"]");
-    let call = |request: Value| {
-        let app = &app;
-        async move {
-            let mut ctx = Context::default();
-            ctx.request_id = "outage".into();
-            HttpAnswer::from(
-                notify_offer_contacts::event::handle(
-                    app,
-                    &notify_offer_contacts::event::Edge {
-                        access: notify_offer_contacts::config::Access::local(),
-                        metrics: None,
-                    },
-                    LambdaEvent::new(request, ctx),
-                )
-                .await
-                .unwrap(),
-            )
-        }
-    };
     // The first BatchWriteItem (c-ann's intent) passes; every later one fails.
     proxy.inject("DynamoDB.BatchWriteItem", Fault::ServerError, 1, usize::MAX);
-    let failed = call(request.clone()).await;
+    let failed = notify_with(&app, request.clone()).await;
     assert_eq!(failed.status, 500, "{}", failed.body);
     let emails =
         |env: &TestEnv| -> Vec<String> { env.moto.emails().into_iter().map(|e| e.0).collect() };
@@ -400,7 +389,7 @@ async fn the_store_down_right_after_the_first_email_loses_nobody_on_the_wire() {
     );
 
     proxy.clear();
-    let retried = call(request).await;
+    let retried = notify_with(&app, request).await;
     assert_eq!(retried.status, 200, "{}", retried.body);
     let mut sent = emails(&env);
     sent.sort();
