@@ -3,8 +3,10 @@
 use crate::metrics::MetricsConfig;
 use crate::model::EmailAddress;
 
-/// Deliveries in flight at once when `DELIVERY_CONCURRENCY` is not set.
-pub const DEFAULT_DELIVERY_CONCURRENCY: usize = 8;
+/// The most deliveries in flight at once when `DELIVERY_CONCURRENCY` is not
+/// set. Each channel holds only what its rate needs (rate x call time, Little's
+/// law); this bounds an unlimited or very high quota.
+pub const DEFAULT_DELIVERY_CONCURRENCY: usize = 128;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -14,7 +16,8 @@ pub struct Config {
     pub sender_email: EmailAddress,
     /// `SES_CONFIGURATION_SET`: when set, emails go through it, tagged.
     pub ses_configuration_set: Option<String>,
-    /// `DELIVERY_CONCURRENCY` (1-64): deliveries in flight at once.
+    /// `DELIVERY_CONCURRENCY` (1-512, default 128): the most deliveries in
+    /// flight at once; each channel holds rate x call time of them.
     pub delivery_concurrency: usize,
     /// `EMAIL_PER_SECOND`, `SMS_PER_SECOND`, `TOPIC_PER_SECOND`: sends a second
     /// per channel; `None` (the value `0`) is unlimited.
@@ -167,10 +170,10 @@ impl Config {
             Some(v) => v
                 .parse::<usize>()
                 .ok()
-                .filter(|n| (1..=64).contains(n))
+                .filter(|n| (1..=512).contains(n))
                 .ok_or_else(|| ConfigError::Invalid {
                     name: "DELIVERY_CONCURRENCY",
-                    why: format!("{v:?} is not a whole number from 1 to 64"),
+                    why: format!("{v:?} is not a whole number from 1 to 512"),
                 })?,
         };
         let rate = |name: &'static str, default: f64| -> Result<Option<f64>, ConfigError> {

@@ -2,19 +2,28 @@
 //! so that no crash, kill or storage failure can lose a recipient or send one
 //! twice.
 //!
-//! A send starts only when all of these hold: a concurrency slot is free, its
-//! channel's token bucket has a token now, and the time left before the
-//! deadline (minus the margin kept for recording) covers a call of at least
-//! `min_send_time`. Its call is then bounded by that time left, so the last
-//! answer comes before the margin whatever the provider's latency. The sends
-//! that start together are announced in the ledger together, just before they
-//! start: a SENDING intent (the synchronous path), or the conditional take of
-//! their QUEUED entries (a worker). So a SENDING entry always means "this send
-//! was really started", and whatever was not started has no such entry.
+//! A send starts only when all of these hold: a slot is free, its channel's
+//! token bucket has a token now, and the time left before the deadline (minus
+//! the margin kept for recording) covers a call of at least `min_send_time`.
+//! Its call is then cut at that margin, so the last answer comes before it
+//! whatever the provider's latency. The sends that start together are
+//! announced in the ledger together, just before they start: a SENDING intent
+//! (the synchronous path; it also carries the outcomes gathered so far), or the
+//! conditional take of their QUEUED entries (a worker). So a SENDING entry
+//! always means "this send was really started", and whatever was not started
+//! has no such entry.
+//!
+//! How many slots: Little's law per channel, in flight = rate x the channel's
+//! observed call time (times 1.5, plus one), so a 1-a-second quota holds no
+//! idle slots and an unlimited one is bounded only by `Notifier::concurrency`.
+//! Ledger writes run beside the sends: while a group's intents are being
+//! written, the sends already out go on and their outcomes are gathered; the
+//! outcomes are written in the background.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -34,6 +43,8 @@ use super::{Action, Notifier};
 pub(crate) const LEDGER_BATCH: usize = 25;
 /// Outcomes are written at least this often while sends go on.
 const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Observed call times weigh in with this share (an exponential moving average).
+const LATENCY_WEIGHT: f64 = 0.2;
 
 /// How the sends that start are announced in the ledger.
 #[derive(Debug, Clone, Copy)]
@@ -95,12 +106,50 @@ pub(crate) struct Delivered {
     pub(crate) failure: Option<StoreError>,
 }
 
-/// One channel's queue of actions, in plan order.
+/// One channel's queue of actions, in plan order, and what the engine knows
+/// of its calls.
 struct Lane<'a> {
     channel: NotificationChannel,
     limiter: Option<&'a RateLimiter>,
     waiting: VecDeque<(usize, Action)>,
+    /// Sends of this channel announced or in flight.
+    busy: usize,
+    /// The channel's call time, averaged (seconds).
+    latency: f64,
 }
+
+impl Lane<'_> {
+    /// Slots this channel may hold: its rate times its call time (Little's
+    /// law) with room to spare; unlimited: `max`.
+    fn slots(&self, max: usize) -> usize {
+        match self.limiter {
+            None => max,
+            Some(l) => ((l.per_second() * self.latency * 1.5).ceil() as usize + 1).clamp(1, max),
+        }
+    }
+}
+
+/// A ledger write running beside the sends, and what it carried.
+enum WriteDone {
+    /// A group's intents (and the outcomes riding along) or takes.
+    Announced {
+        group: Vec<(usize, Action)>,
+        riders: Vec<(usize, Delivery)>,
+        /// Per send, whether it may start.
+        started: Vec<Written>,
+        failure: Option<StoreError>,
+    },
+    /// Outcomes.
+    Flushed {
+        items: Vec<(usize, Delivery)>,
+        failure: Option<StoreError>,
+    },
+    /// Intents taken back (best effort).
+    Undone(Result<(), StoreError>),
+}
+
+/// A send's result: `None` when it was announced but could not start in time.
+type SendDone = (usize, Action, Option<(Result<String, SendError>, Duration)>);
 
 impl<S, M, P, T> Notifier<S, M, P, T>
 where
@@ -109,9 +158,9 @@ where
     P: SmsSender,
     T: TopicPublisher,
 {
-    /// Sends `actions` under the concurrency bound, the channels' rates and
-    /// the deadline, announcing each group of sends before it starts and
-    /// writing outcomes as they come (25 at a time or every 200 ms).
+    /// Sends `actions` under the slots, the channels' rates and the deadline,
+    /// announcing each group of sends before it starts and writing outcomes
+    /// as they come (25 at a time or every 200 ms), the writes beside the sends.
     pub(crate) async fn deliver(
         &self,
         org: &OrgId,
@@ -124,10 +173,11 @@ where
         // Every call ends by `calls_end`; none starts after `last_start`.
         let calls_end = deadline.map(|d| d.checked_sub(policy.deadline_margin).unwrap_or(d));
         let last_start = calls_end.map(|e| e.checked_sub(policy.min_send_time).unwrap_or(e));
-        let concurrency = self.concurrency.max(1);
-        // With sends in flight, wait until this many slots are free before
-        // starting more: the sends that start together share one announcement.
-        let group_min = concurrency.div_ceil(2);
+        let max = self.concurrency.max(1);
+        let batch = match announce {
+            Announce::Take { batch } => Some(batch),
+            Announce::Intent => None,
+        };
 
         let mut lanes: Vec<Lane<'_>> = Vec::new();
         for (i, a) in actions.into_iter().enumerate() {
@@ -138,20 +188,20 @@ where
                     limiter: self.limiter(&channel),
                     channel,
                     waiting: VecDeque::from([(i, a)]),
+                    busy: 0,
+                    latency: policy.hand_off.send_latency.as_secs_f64(),
                 }),
             }
         }
 
         let mut out = Delivered::default();
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<BoxFuture<'_, SendDone>> = FuturesUnordered::new();
+        let mut writes: FuturesUnordered<BoxFuture<'_, WriteDone>> = FuturesUnordered::new();
+        let mut flushing = false;
         let mut unrecorded: Vec<(usize, Delivery)> = Vec::new();
         let mut recorded: Vec<(usize, Delivery)> = Vec::new();
         let mut tick = tokio::time::interval(LEDGER_FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let batch = match announce {
-            Announce::Take { batch } => Some(batch),
-            Announce::Intent => None,
-        };
 
         loop {
             let mut next_token: Option<Instant> = None;
@@ -160,99 +210,127 @@ where
             } else if last_start.is_some_and(|l| Instant::now() > l) {
                 hold_all(&mut lanes, Hold::Deadline, &mut out.held);
             } else {
-                let free = concurrency - in_flight.len();
-                if free > 0 && (free >= group_min || in_flight.is_empty()) {
+                // Start groups while slots are free: the slots all busy
+                // channels may hold, at most `max`. With work out, wait until a
+                // quarter is free, so that sends starting together share one write.
+                loop {
+                    let slots = lanes
+                        .iter()
+                        .filter(|l| l.busy > 0 || !l.waiting.is_empty())
+                        .map(|l| l.slots(max))
+                        .sum::<usize>()
+                        .min(max);
+                    let busy: usize = lanes.iter().map(|l| l.busy).sum();
+                    let free = slots.saturating_sub(busy);
+                    if free == 0 || (busy > 0 && free < slots.div_ceil(2)) {
+                        break;
+                    }
                     let (group, next) = take_ready(
                         &mut lanes,
                         free.min(LEDGER_BATCH),
+                        max,
                         last_start,
                         &mut out.held,
                     );
                     next_token = next;
-                    if !group.is_empty() {
-                        let mut started = self
-                            .announce(
-                                org,
-                                event_id,
-                                announce,
-                                group,
-                                &mut unrecorded,
-                                &mut recorded,
-                                &mut out,
-                            )
-                            .await;
-                        if last_start.is_some_and(|l| Instant::now() > l) && !started.is_empty() {
-                            // The announcement itself took the time left (a slow
-                            // store): these do not start after all.
-                            self.unannounce(
-                                org,
-                                event_id,
-                                announce,
-                                std::mem::take(&mut started),
-                                &mut out,
-                            )
-                            .await;
-                        }
-                        for (i, a) in started {
-                            in_flight.push(async move {
-                                // A send starts when it is first polled: if that is
-                                // past the last start (the loop was held up), it does
-                                // not start at all.
-                                if last_start.is_some_and(|l| Instant::now() > l) {
-                                    return (i, a, None);
-                                }
-                                let result = self.perform(&a, calls_end).await;
-                                (i, a, Some(result))
-                            });
-                        }
-                        // Start them now, before anything else is awaited.
-                        while let Some(Some(done)) = in_flight.next().now_or_never() {
-                            if settle(done, &mut lanes, batch, &mut unrecorded, &mut out) {
-                                self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out)
-                                    .await;
-                            }
-                        }
-                        continue;
+                    if group.is_empty() {
+                        break;
                     }
+                    writes.push(self.announce(org, event_id, announce, group, &mut unrecorded));
                 }
             }
-            if in_flight.is_empty() {
+            if in_flight.is_empty() && writes.is_empty() {
                 if lanes.iter().all(|l| l.waiting.is_empty()) {
                     break;
                 }
-                // Nothing in flight: wait for the next token, writing
-                // outcomes meanwhile.
-                let Some(at) = next_token else { continue };
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = tick.tick(), if !unrecorded.is_empty() && out.failure.is_none() => {
-                        self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out).await;
-                    }
+                // Nothing out: wait for the next token.
+                if let Some(at) = next_token {
+                    tokio::time::sleep_until(at).await;
                 }
                 continue;
             }
             tokio::select! {
                 Some(done) = in_flight.next() => {
-                    if settle(done, &mut lanes, batch, &mut unrecorded, &mut out) {
-                        self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out).await;
-                    }
+                    settle(done, &mut lanes, batch, &mut unrecorded, &mut out);
                 }
-                // After a failure, outcomes wait for one last attempt at the end.
-                _ = tick.tick(), if !unrecorded.is_empty() && out.failure.is_none() => {
-                    self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out).await;
+                Some(done) = writes.next() => match done {
+                    WriteDone::Announced { group, riders, started, failure } => {
+                        let ok = failure.is_none();
+                        if let Some(e) = failure {
+                            out.failure.get_or_insert(e);
+                        }
+                        // Riders were written only if the write succeeded.
+                        if ok { recorded.extend(riders) } else { unrecorded.extend(riders) }
+                        let mut undo = Vec::new();
+                        for ((i, action), written) in group.into_iter().zip(started) {
+                            let lane = lane_of(&mut lanes, &action);
+                            match written {
+                                Written::Yes => {
+                                    in_flight.push(self.send(i, action, last_start, calls_end));
+                                }
+                                Written::NotQueued => {
+                                    lane.busy -= 1;
+                                    out.taken_elsewhere += 1;
+                                }
+                                Written::Failed => {
+                                    lane.busy -= 1;
+                                    undo.push(action.key());
+                                    out.held.push(Held { action, why: Hold::StoreFailed, announced: false });
+                                }
+                            }
+                        }
+                        if !undo.is_empty() && matches!(announce, Announce::Intent) {
+                            // Whatever of a failed intent write landed must not look like a send.
+                            writes.push(Box::pin(async move {
+                                WriteDone::Undone(self.store.forget_deliveries(org, event_id, &undo).await)
+                            }));
+                        }
+                        // Start them now, before anything else is awaited.
+                        while let Some(Some(done)) = in_flight.next().now_or_never() {
+                            settle(done, &mut lanes, batch, &mut unrecorded, &mut out);
+                        }
+                    }
+                    WriteDone::Flushed { items, failure } => {
+                        flushing = false;
+                        match failure {
+                            None => recorded.extend(items),
+                            Some(e) => {
+                                out.failure.get_or_insert(e);
+                                unrecorded.extend(items);
+                            }
+                        }
+                    }
+                    WriteDone::Undone(Err(e)) => {
+                        tracing::warn!(error = %crate::error_chain(&e), "could not undo a failed intent write");
+                    }
+                    WriteDone::Undone(Ok(())) => {}
+                },
+                _ = tick.tick(), if !unrecorded.is_empty() && !flushing && out.failure.is_none() => {
+                    flushing = true;
+                    writes.push(self.flush(org, event_id, &mut unrecorded));
                 }
                 _ = sleep_until_some(next_token) => {}
             }
+            if unrecorded.len() >= LEDGER_BATCH && !flushing && out.failure.is_none() {
+                flushing = true;
+                writes.push(self.flush(org, event_id, &mut unrecorded));
+            }
         }
-        self.flush(org, event_id, &mut unrecorded, &mut recorded, &mut out)
-            .await;
+        // The last outcomes: once more even after a failure (the store may be back).
         if !unrecorded.is_empty() {
-            // The store failed: these went out (or may have), and their
-            // SENDING entries say so; a later run records them UNCONFIRMED.
-            tracing::error!(
-                unrecorded = unrecorded.len(),
-                "outcomes could not be recorded"
-            );
+            let items: Vec<Delivery> = unrecorded.iter().map(|(_, d)| d.clone()).collect();
+            match self.store.save_deliveries(org, event_id, &items).await {
+                Ok(()) => recorded.append(&mut unrecorded),
+                Err(e) => {
+                    out.failure.get_or_insert(e);
+                    // These went out (or may have), and their SENDING entries
+                    // say so; a later run records them UNCONFIRMED.
+                    tracing::error!(
+                        unrecorded = unrecorded.len(),
+                        "outcomes could not be recorded"
+                    );
+                }
+            }
         }
         recorded.sort_by_key(|(i, _)| *i);
         out.recorded = recorded.into_iter().map(|(_, d)| d).collect();
@@ -268,178 +346,134 @@ where
         }
     }
 
-    /// Announces a group of sends about to start; answers the ones that may
-    /// start. Intents carry the outcomes gathered so far in the same write.
-    /// On a storage failure none of the failed part starts, the failure is
-    /// kept, and an intent write that failed is undone (best effort: what of
-    /// it landed must not look like a send).
-    #[allow(clippy::too_many_arguments)]
-    async fn announce(
-        &self,
-        org: &OrgId,
-        event_id: &str,
-        announce: Announce<'_>,
+    /// The write that announces a group of sends about to start: intents,
+    /// with the outcomes gathered so far riding along (one BatchWriteItem),
+    /// or a worker's conditional takes.
+    fn announce<'s>(
+        &'s self,
+        org: &'s OrgId,
+        event_id: &'s str,
+        announce: Announce<'s>,
         group: Vec<(usize, Action)>,
         unrecorded: &mut Vec<(usize, Delivery)>,
-        recorded: &mut Vec<(usize, Delivery)>,
-        out: &mut Delivered,
-    ) -> Vec<(usize, Action)> {
+    ) -> BoxFuture<'s, WriteDone> {
         match announce {
             Announce::Intent => {
-                let intents: Vec<Delivery> = group.iter().map(|(_, a)| a.intent()).collect();
-                let riders = unrecorded
-                    .len()
-                    .min(LEDGER_BATCH.saturating_sub(intents.len()));
-                let mut items = intents.clone();
-                items.extend(unrecorded[..riders].iter().map(|(_, d)| d.clone()));
-                match self.store.save_deliveries(org, event_id, &items).await {
-                    Ok(()) => {
-                        recorded.extend(unrecorded.drain(..riders));
-                        group
-                    }
-                    Err(e) => {
-                        let keys: Vec<String> = intents.iter().map(Delivery::key).collect();
-                        if let Err(undo) = self.store.forget_deliveries(org, event_id, &keys).await
-                        {
-                            tracing::warn!(error = %crate::error_chain(&undo), "could not undo a failed intent write");
-                        }
-                        out.held.extend(group.into_iter().map(|(_, action)| Held {
-                            action,
-                            why: Hold::StoreFailed,
-                            announced: false,
-                        }));
-                        out.failure = Some(e);
-                        Vec::new()
-                    }
-                }
-            }
-            Announce::Take { batch } => {
-                let takes: Vec<Delivery> = group
-                    .iter()
-                    .map(|(_, a)| {
-                        let mut d = a.intent();
-                        d.batch = Some(batch.to_owned());
-                        d
-                    })
+                let riders: Vec<(usize, Delivery)> = unrecorded
+                    .drain(
+                        ..unrecorded
+                            .len()
+                            .min(LEDGER_BATCH.saturating_sub(group.len())),
+                    )
                     .collect();
-                let answer = self
-                    .store
-                    .replace_queued(org, event_id, batch, &takes)
-                    .await;
-                let mut started = Vec::new();
-                for ((i, action), written) in group.into_iter().zip(answer.written) {
-                    match written {
-                        Written::Yes => started.push((i, action)),
-                        // Another receive of the message took it first.
-                        Written::NotQueued => out.taken_elsewhere += 1,
-                        Written::Failed => out.held.push(Held {
-                            action,
-                            why: Hold::StoreFailed,
-                            announced: false,
-                        }),
+                let mut items: Vec<Delivery> = group.iter().map(|(_, a)| a.intent()).collect();
+                items.extend(riders.iter().map(|(_, d)| d.clone()));
+                Box::pin(async move {
+                    let result = self.store.save_deliveries(org, event_id, &items).await;
+                    let written = if result.is_ok() {
+                        Written::Yes
+                    } else {
+                        Written::Failed
+                    };
+                    WriteDone::Announced {
+                        started: vec![written; group.len()],
+                        group,
+                        riders,
+                        failure: result.err(),
                     }
-                }
-                if let Some(e) = answer.failure {
-                    out.failure.get_or_insert(e);
-                }
-                started
-            }
-        }
-    }
-
-    /// Takes back an announcement whose sends will not start: intents are
-    /// removed, taken entries go back to QUEUED in their batch. They are held
-    /// for the deadline.
-    async fn unannounce(
-        &self,
-        org: &OrgId,
-        event_id: &str,
-        announce: Announce<'_>,
-        group: Vec<(usize, Action)>,
-        out: &mut Delivered,
-    ) {
-        let undone = match announce {
-            Announce::Intent => {
-                let keys: Vec<String> = group.iter().map(|(_, a)| a.key()).collect();
-                self.store.forget_deliveries(org, event_id, &keys).await
+                })
             }
             Announce::Take { batch } => {
-                let back: Vec<Delivery> = group.iter().map(|(_, a)| a.queued(batch)).collect();
-                self.store.save_deliveries(org, event_id, &back).await
+                let takes: Vec<Delivery> = group.iter().map(|(_, a)| a.taken(batch)).collect();
+                Box::pin(async move {
+                    let answer = self
+                        .store
+                        .replace_queued(org, event_id, batch, &takes)
+                        .await;
+                    WriteDone::Announced {
+                        group,
+                        riders: Vec::new(),
+                        started: answer.written,
+                        failure: answer.failure,
+                    }
+                })
             }
-        };
-        if let Err(e) = undone {
-            tracing::warn!(error = %crate::error_chain(&e), "could not take back sends that will not start");
-            out.failure.get_or_insert(e);
         }
-        out.held.extend(group.into_iter().map(|(_, action)| Held {
-            action,
-            why: Hold::Deadline,
-            announced: false,
-        }));
     }
 
-    /// Writes the outcomes gathered so far. A failure is kept (and stops new
-    /// sends); the outcomes stay to be tried once more at the end.
-    async fn flush(
-        &self,
-        org: &OrgId,
-        event_id: &str,
+    /// The write of the outcomes gathered so far (25 at most).
+    fn flush<'s>(
+        &'s self,
+        org: &'s OrgId,
+        event_id: &'s str,
         unrecorded: &mut Vec<(usize, Delivery)>,
-        recorded: &mut Vec<(usize, Delivery)>,
-        out: &mut Delivered,
-    ) {
-        if unrecorded.is_empty() {
-            return;
-        }
-        let batch: Vec<Delivery> = unrecorded.iter().map(|(_, d)| d.clone()).collect();
-        match self.store.save_deliveries(org, event_id, &batch).await {
-            Ok(()) => recorded.append(unrecorded),
-            Err(e) => {
-                out.failure.get_or_insert(e);
-            }
-        }
+    ) -> BoxFuture<'s, WriteDone> {
+        let items: Vec<(usize, Delivery)> = unrecorded
+            .drain(..unrecorded.len().min(LEDGER_BATCH))
+            .collect();
+        Box::pin(async move {
+            let ds: Vec<Delivery> = items.iter().map(|(_, d)| d.clone()).collect();
+            let failure = self.store.save_deliveries(org, event_id, &ds).await.err();
+            WriteDone::Flushed { items, failure }
+        })
     }
 
-    /// One provider call, cut at `calls_end` (the deadline less its margin)
-    /// and at the per-call timeout: past it, the provider may or may not have
-    /// the message, so the outcome is unknown.
-    async fn perform(
-        &self,
-        action: &Action,
+    /// One send, announced: it starts when first polled, unless that is past
+    /// the last start; its call is cut at `calls_end` and at the per-call
+    /// timeout (past it, the provider may or may not have the message).
+    fn send<'s>(
+        &'s self,
+        i: usize,
+        action: Action,
+        last_start: Option<Instant>,
         calls_end: Option<Instant>,
-    ) -> Result<String, SendError> {
-        let started = Instant::now();
-        let end = calls_end.map_or(started + self.policy.send_timeout, |e| {
-            e.min(started + self.policy.send_timeout)
-        });
-        let send = async {
-            match action {
-                Action::Email { email, .. } => self.mailer.send_email(email).await,
-                Action::Sms { to, text, .. } => self.sms.send_sms(to, text).await,
-                Action::Topic(m) => self.topics.publish(m).await,
+    ) -> BoxFuture<'s, SendDone> {
+        Box::pin(async move {
+            let started = Instant::now();
+            if last_start.is_some_and(|l| started > l) {
+                return (i, action, None);
             }
-        };
-        match tokio::time::timeout_at(end, send).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::unknown(
-                "DeadlineTimeout",
-                format!(
-                    "no answer within the {} ms the deadline left",
-                    (end - started).as_millis()
-                ),
-            )),
-        }
+            let end = calls_end.map_or(started + self.policy.send_timeout, |e| {
+                e.min(started + self.policy.send_timeout)
+            });
+            let send = async {
+                match &action {
+                    Action::Email { email, .. } => self.mailer.send_email(email).await,
+                    Action::Sms { to, text, .. } => self.sms.send_sms(to, text).await,
+                    Action::Topic(m) => self.topics.publish(m).await,
+                }
+            };
+            let result = match tokio::time::timeout_at(end, send).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError::unknown(
+                    "DeadlineTimeout",
+                    format!(
+                        "no answer within the {} ms the deadline left",
+                        (end - started).as_millis()
+                    ),
+                )),
+            };
+            (i, action, Some((result, started.elapsed())))
+        })
     }
 }
 
+fn lane_of<'l, 'a>(lanes: &'l mut [Lane<'a>], action: &Action) -> &'l mut Lane<'a> {
+    let channel = action.channel();
+    lanes
+        .iter_mut()
+        .find(|l| l.channel == channel)
+        .expect("every action has its channel's lane")
+}
+
 /// Fills a group from the lanes in turn (one action a lane per round), each
-/// with a token taken now. Answers the group and when the next token of a
-/// waiting lane comes; a lane whose next token comes after the last start
-/// is held whole.
+/// within its channel's slots and with a token taken now; marks them busy.
+/// Answers the group and when the next token of a waiting lane comes; a lane
+/// whose next token comes after the last start is held whole.
 fn take_ready(
     lanes: &mut [Lane<'_>],
     room: usize,
+    max: usize,
     last_start: Option<Instant>,
     held: &mut Vec<Held>,
 ) -> (Vec<(usize, Action)>, Option<Instant>) {
@@ -449,12 +483,17 @@ fn take_ready(
     while group.len() < room {
         let mut progress = false;
         for (lane, blocked) in lanes.iter_mut().zip(blocked.iter_mut()) {
-            if group.len() == room || *blocked || lane.waiting.is_empty() {
+            if group.len() == room
+                || *blocked
+                || lane.waiting.is_empty()
+                || lane.busy >= lane.slots(max)
+            {
                 continue;
             }
             match lane.limiter.map_or(Ok(()), RateLimiter::try_take) {
                 Ok(()) => {
                     group.extend(lane.waiting.pop_front());
+                    lane.busy += 1;
                     progress = true;
                 }
                 Err(at) if last_start.is_some_and(|l| at > l) => {
@@ -479,48 +518,50 @@ fn take_ready(
 }
 
 /// Takes in one finished (or never started) send: its outcome to record, or,
-/// when the provider's quota refused it, the whole channel put back. Answers
-/// whether enough outcomes are waiting for a write.
+/// when the provider's quota refused it, the whole channel put back; its
+/// call time goes into the channel's average.
 fn settle(
-    (i, action, result): (usize, Action, Option<Result<String, SendError>>),
+    (i, action, done): SendDone,
     lanes: &mut [Lane<'_>],
     batch: Option<&str>,
     unrecorded: &mut Vec<(usize, Delivery)>,
     out: &mut Delivered,
-) -> bool {
-    match result {
+) {
+    let lane = lane_of(lanes, &action);
+    lane.busy -= 1;
+    let Some((result, took)) = done else {
         // Announced, but too late to start: back to not started.
-        None => out.held.push(Held {
+        out.held.push(Held {
             action,
             why: Hold::Deadline,
             announced: true,
-        }),
-        Some(Err(e)) if e.throttled => {
+        });
+        return;
+    };
+    lane.latency += LATENCY_WEIGHT * (took.as_secs_f64() - lane.latency);
+    match result {
+        Err(e) if e.throttled => {
             // The quota, not the recipient, refused: this send and the rest
             // of its channel are put back, none recorded FAILED.
             tracing::warn!(channel = %action.channel(), code = %e.code, "provider quota reached; the channel's remaining sends are put back");
-            let channel = action.channel();
+            out.held
+                .extend(lane.waiting.drain(..).map(|(_, action)| Held {
+                    action,
+                    why: Hold::Quota,
+                    announced: false,
+                }));
             out.held.push(Held {
                 action,
                 why: Hold::Quota,
                 announced: true,
             });
-            if let Some(lane) = lanes.iter_mut().find(|l| l.channel == channel) {
-                out.held
-                    .extend(lane.waiting.drain(..).map(|(_, action)| Held {
-                        action,
-                        why: Hold::Quota,
-                        announced: false,
-                    }));
-            }
         }
-        Some(result) => {
+        result => {
             let mut d = outcome(&action, result);
             d.batch = batch.map(str::to_owned);
             unrecorded.push((i, d));
         }
     }
-    unrecorded.len() >= LEDGER_BATCH && out.failure.is_none()
 }
 
 fn hold_all(lanes: &mut [Lane<'_>], why: Hold, held: &mut Vec<Held>) {

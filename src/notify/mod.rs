@@ -287,6 +287,12 @@ impl Action {
     pub(crate) fn intent(&self) -> Delivery {
         self.entry(DeliveryStatus::Sending)
     }
+    /// The record a worker writes when it takes the delivery to send it now.
+    pub(crate) fn taken(&self, batch: &str) -> Delivery {
+        let mut d = self.intent();
+        d.batch = Some(batch.to_owned());
+        d
+    }
     /// The record of a delivery handed to work batch `batch`.
     pub(crate) fn queued(&self, batch: &str) -> Delivery {
         let mut d = self.entry(DeliveryStatus::Queued);

@@ -1,0 +1,73 @@
+//! This project's side of the side-by-side benchmark (`scripts/compare`):
+//! the function's use case wired to the AWS SDK exactly as in the Lambda
+//! (`notify_offer_contacts::app`, configuration from the environment: its
+//! defaults, with the rates set by the caller), timing whole notifications
+//! of every contact of an offer. Also times the reads and writes no
+//! implementation can avoid (the offer, the settings, the contacts, the
+//! event stored), for the ideal.
+//!
+//! usage: notify_once ORG OFFER RUNS   (prints one JSON line per run)
+
+use std::time::Instant;
+
+use notify_offer_contacts::model::{OfferId, OrgId};
+use notify_offer_contacts::notify::{NotifyCommand, NotifyContacts};
+use notify_offer_contacts::ports::{ContactStore, EventStore, OfferStore};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let org = OrgId::parse(&args[1]).expect("org");
+    let offer = OfferId::parse(&args[2]).expect("offer");
+    let runs: usize = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(3);
+    // Log lines on stderr (AWS_LAMBDA_LOG_LEVEL=info shows where the time goes).
+    notify_offer_contacts::telemetry::init();
+    let config = notify_offer_contacts::config::Config::from_env().expect("config");
+    let sdk = notify_offer_contacts::aws::sdk_config().await;
+    let app = notify_offer_contacts::app(&sdk, &config);
+
+    // Warm the connections, as a warm Lambda has them.
+    let warm = app
+        .notify(NotifyCommand::new(
+            org.clone(),
+            OfferId::parse("offer-warm").expect("warm offer"),
+        ))
+        .await;
+    assert!(warm.is_ok(), "warm-up: {warm:?}");
+
+    for _ in 0..runs {
+        // The reads and writes any implementation makes: offer, settings,
+        // contacts, and the event stored once.
+        let t = Instant::now();
+        let (found, _) = tokio::join!(app.store.offer(&org, &offer), app.store.settings(&org));
+        let found = found.expect("offer").expect("the offer exists");
+        let ids: Vec<_> = found
+            .contact_ids
+            .iter()
+            .filter_map(|c| notify_offer_contacts::model::ContactId::parse(c).ok())
+            .collect();
+        app.store.contacts(&org, &ids).await.expect("contacts");
+        let probe = notify_offer_contacts::model::NotificationEvent {
+            organization_id: Some(org.to_string()),
+            event_id: Some(uuid::Uuid::now_v7().to_string()),
+            ..Default::default()
+        };
+        app.store.create_event(&probe).await.expect("put");
+        let io_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+        let t = Instant::now();
+        let event = app
+            .notify(NotifyCommand::new(org.clone(), offer.clone()))
+            .await
+            .expect("notify");
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let summary = &event.info.as_ref().expect("info")["deliverySummary"];
+        println!(
+            "{}",
+            serde_json::json!({
+                "ms": ms, "io_ms": io_ms, "concurrency": app.concurrency,
+                "status": event.event_status, "summary": summary,
+            })
+        );
+    }
+}
