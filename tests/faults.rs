@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 /// (3 attempts, standard backoff) and a short attempt timeout.
 async fn through_proxy(env: &TestEnv, proxy: &FaultProxy) -> notify_offer_contacts::App {
     let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(notify_offer_contacts::aws::http::WebPkiClient::new(None).shared())
         .endpoint_url(&proxy.endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

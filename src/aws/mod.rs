@@ -2,6 +2,7 @@
 //! email, SNS for SMS and topics. Clients are built once, at start-up.
 
 pub mod dynamo;
+pub mod http;
 pub mod ses;
 pub mod sns;
 pub mod sqs;
@@ -22,6 +23,7 @@ use crate::ports::SendError;
 /// explicitly, and timeouts well inside API Gateway's 29 s.
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http::WebPkiClient::from_env().shared())
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(
             TimeoutConfig::builder()

@@ -160,6 +160,8 @@ impl Moto {
 
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        // The function's own HTTP client, so the wire tests go through it.
+        .http_client(notify_offer_contacts::aws::http::WebPkiClient::new(None).shared())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
