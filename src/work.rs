@@ -152,6 +152,7 @@ where
             offer: offer_id,
             event_id,
         } = ids(batch)?;
+        let started = tokio::time::Instant::now();
         // The topic delivery publishes the whole event; the others need only
         // its head (reads that do not grow with the recipients).
         let whole = batch.deliveries.iter().any(|i| i.contact_id.is_none());
@@ -308,6 +309,8 @@ where
             "sending a work batch"
         );
 
+        let reads = started.elapsed();
+        let delivering = tokio::time::Instant::now();
         let delivered = Box::pin(self.deliver(
             &org,
             &event_id,
@@ -320,6 +323,7 @@ where
         .await;
         recorded.extend(delivered.recorded);
         busy += delivered.taken_elsewhere;
+        let (writing, sending) = (delivered.writing, delivered.sending);
         // A send the quota refused after it was taken goes back to QUEUED,
         // so the message's next receive sends it.
         let back: Vec<Delivery> = delivered
@@ -346,6 +350,8 @@ where
             // copy completes it, or this message's next receive does.
             return Err(WorkError::InFlightElsewhere(busy));
         }
+        let deliver_time = delivering.elapsed();
+        let completing = tokio::time::Instant::now();
         let done = match self
             .complete(&org, &event_id, Some(&batch.batch_id))
             .await?
@@ -353,6 +359,17 @@ where
             Some(closed) => WorkDone::Closed(closed.event_status.unwrap_or(EventStatus::Failed)),
             None => WorkDone::Recorded,
         };
+        // Where a message's time goes (the ledger writes and provider calls
+        // overlap each other inside `deliver`; each is summed over its calls).
+        tracing::info!(
+            reads_ms = reads.as_millis() as u64,
+            deliver_ms = deliver_time.as_millis() as u64,
+            ledger_writes_ms = writing.as_millis() as u64,
+            provider_calls_ms = sending.as_millis() as u64,
+            complete_ms = completing.elapsed().as_millis() as u64,
+            deliveries = batch.deliveries.len(),
+            "work message timing"
+        );
         Ok(Worked { done, recorded })
     }
 

@@ -104,6 +104,10 @@ pub(crate) struct Delivered {
     /// The first storage failure. From it on nothing started; what was in
     /// flight ran to its end, and its outcome was written if the store let it.
     pub(crate) failure: Option<StoreError>,
+    /// Time spent in ledger writes and in provider calls, each summed over
+    /// the calls (they overlap one another): where a run's time goes.
+    pub(crate) writing: Duration,
+    pub(crate) sending: Duration,
 }
 
 /// One channel's queue of actions, in plan order, and what the engine knows
@@ -196,7 +200,8 @@ where
 
         let mut out = Delivered::default();
         let mut in_flight: FuturesUnordered<BoxFuture<'_, SendDone>> = FuturesUnordered::new();
-        let mut writes: FuturesUnordered<BoxFuture<'_, WriteDone>> = FuturesUnordered::new();
+        let mut writes: FuturesUnordered<BoxFuture<'_, (WriteDone, Duration)>> =
+            FuturesUnordered::new();
         let mut flushing = false;
         let mut unrecorded: Vec<(usize, Delivery)> = Vec::new();
         let mut recorded: Vec<(usize, Delivery)> = Vec::new();
@@ -236,7 +241,13 @@ where
                     if group.is_empty() {
                         break;
                     }
-                    writes.push(self.announce(org, event_id, announce, group, &mut unrecorded));
+                    writes.push(timed(self.announce(
+                        org,
+                        event_id,
+                        announce,
+                        group,
+                        &mut unrecorded,
+                    )));
                 }
             }
             if in_flight.is_empty() && writes.is_empty() {
@@ -253,7 +264,7 @@ where
                 Some(done) = in_flight.next() => {
                     settle(done, &mut lanes, batch, &mut unrecorded, &mut out);
                 }
-                Some(done) = writes.next() => match done {
+                Some((done, took)) = writes.next() => { out.writing += took; match done {
                     WriteDone::Announced { group, riders, started, failure } => {
                         let ok = failure.is_none();
                         if let Some(e) = failure {
@@ -281,9 +292,9 @@ where
                         }
                         if !undo.is_empty() && matches!(announce, Announce::Intent) {
                             // Whatever of a failed intent write landed must not look like a send.
-                            writes.push(Box::pin(async move {
+                            writes.push(timed(Box::pin(async move {
                                 WriteDone::Undone(self.store.forget_deliveries(org, event_id, &undo).await)
-                            }));
+                            })));
                         }
                         // Start them now, before anything else is awaited.
                         while let Some(Some(done)) = in_flight.next().now_or_never() {
@@ -304,22 +315,25 @@ where
                         tracing::warn!(error = %crate::error_chain(&e), "could not undo a failed intent write");
                     }
                     WriteDone::Undone(Ok(())) => {}
-                },
+                }},
                 _ = tick.tick(), if !unrecorded.is_empty() && !flushing && out.failure.is_none() => {
                     flushing = true;
-                    writes.push(self.flush(org, event_id, &mut unrecorded));
+                    writes.push(timed(self.flush(org, event_id, &mut unrecorded)));
                 }
                 _ = sleep_until_some(next_token) => {}
             }
             if unrecorded.len() >= LEDGER_BATCH && !flushing && out.failure.is_none() {
                 flushing = true;
-                writes.push(self.flush(org, event_id, &mut unrecorded));
+                writes.push(timed(self.flush(org, event_id, &mut unrecorded)));
             }
         }
         // The last outcomes: once more even after a failure (the store may be back).
         if !unrecorded.is_empty() {
             let items: Vec<Delivery> = unrecorded.iter().map(|(_, d)| d.clone()).collect();
-            match self.store.save_deliveries(org, event_id, &items).await {
+            let t = Instant::now();
+            let saved = self.store.save_deliveries(org, event_id, &items).await;
+            out.writing += t.elapsed();
+            match saved {
                 Ok(()) => recorded.append(&mut unrecorded),
                 Err(e) => {
                     out.failure.get_or_insert(e);
@@ -458,6 +472,15 @@ where
     }
 }
 
+/// A ledger write, timed.
+fn timed(w: BoxFuture<'_, WriteDone>) -> BoxFuture<'_, (WriteDone, Duration)> {
+    Box::pin(async move {
+        let t = Instant::now();
+        let done = w.await;
+        (done, t.elapsed())
+    })
+}
+
 fn lane_of<'l, 'a>(lanes: &'l mut [Lane<'a>], action: &Action) -> &'l mut Lane<'a> {
     let channel = action.channel();
     lanes
@@ -539,6 +562,7 @@ fn settle(
         return;
     };
     lane.latency += LATENCY_WEIGHT * (took.as_secs_f64() - lane.latency);
+    out.sending += took;
     match result {
         Err(e) if e.throttled => {
             // The quota, not the recipient, refused: this send and the rest

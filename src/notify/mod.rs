@@ -623,8 +623,17 @@ where
                 .await?;
             fresh.extend(decided);
         }
+        let delivering = tokio::time::Instant::now();
         let delivered =
             Box::pin(self.deliver(&org, &event_id, actions, deadline, Announce::Intent)).await;
+        // Where the time goes (ledger writes and provider calls overlap; each
+        // is summed over its calls).
+        tracing::info!(
+            deliver_ms = delivering.elapsed().as_millis() as u64,
+            ledger_writes_ms = delivered.writing.as_millis() as u64,
+            provider_calls_ms = delivered.sending.as_millis() as u64,
+            "delivered"
+        );
         fresh.extend(delivered.recorded);
         if let Some(e) = delivered.failure {
             // The event stays PENDING with its lease; what was not started has
