@@ -2,6 +2,7 @@
 //! as one AWS Lambda. See README.md for the flow and the contract.
 
 pub mod aws;
+pub mod channels;
 pub mod config;
 pub mod event;
 pub mod http;
@@ -11,7 +12,6 @@ pub mod model;
 pub mod notify;
 pub mod ports;
 pub mod rate;
-pub mod render;
 pub mod telemetry;
 pub mod tracking;
 pub mod work;
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::notify::Notifier;
 
 /// The function as deployed: the use case wired to DynamoDB, SES and SNS.
-pub type App = Notifier<DynamoStore, SesMailer, SnsPublisher, SnsPublisher>;
+pub type App = Notifier<DynamoStore>;
 
 /// Builds the clients once and wires them to the use case.
 pub fn app(sdk: &SdkConfig, config: &Config) -> App {
@@ -33,13 +33,15 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
             aws_sdk_dynamodb::Client::new(sdk),
             config.table_name.clone(),
         ),
-        mailer: SesMailer::new(
-            aws::ses_client(sdk),
-            config.sender_email.clone(),
-            config.ses_configuration_set.clone(),
-        ),
-        sms: sns.clone(),
-        topics: sns,
+        channels: channels::Providers {
+            mailer: std::sync::Arc::new(SesMailer::new(
+                aws::ses_client(sdk),
+                config.sender_email.clone(),
+                config.ses_configuration_set.clone(),
+            )),
+            sms: std::sync::Arc::new(sns.clone()),
+            topics: std::sync::Arc::new(sns),
+        },
         concurrency: config.delivery_concurrency,
         rates: rate_limits(config),
         policy: notify::Policy {

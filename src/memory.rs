@@ -7,15 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::channels::{Mailer, OutgoingEmail, SmsSender, TopicMessage, TopicPublisher};
 use crate::model::{
     Contact, ContactId, Delivery, IdempotencyKey, NotificationEvent, NotificationSettings, Offer,
     OfferId, OrgId, PhoneNumber,
 };
 use crate::ports::{
     Claim, ContactStore, Contacts, EventStore, IdempotencyRecord, IdempotencyStatus,
-    IdempotencyStore, KeyOutcome, Mailer, OfferStore, OutgoingEmail, Replaced, SendError,
-    SmsSender, StoreError, TopicMessage, TopicPublisher, Written,
+    IdempotencyStore, KeyOutcome, OfferStore, Replaced, SendError, StoreError, Written,
 };
+use futures::future::BoxFuture;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -643,26 +644,42 @@ impl MemoryProvider {
 }
 
 impl Mailer for MemoryProvider {
-    async fn send_email(&self, email: &OutgoingEmail) -> Result<String, SendError> {
-        let id = self.send(email.to.as_str()).await?;
-        lock(&self.emails).push(email.clone());
-        Ok(id)
+    fn send_email<'a>(
+        &'a self,
+        email: &'a OutgoingEmail,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let id = self.send(email.to.as_str()).await?;
+            lock(&self.emails).push(email.clone());
+            Ok(id)
+        })
     }
 }
 
 impl SmsSender for MemoryProvider {
-    async fn send_sms(&self, to: &PhoneNumber, text: &str) -> Result<String, SendError> {
-        let id = self.send(to.as_str()).await?;
-        lock(&self.sms).push((to.as_str().to_owned(), text.to_owned()));
-        Ok(id)
+    fn send_sms<'a>(
+        &'a self,
+        to: &'a PhoneNumber,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let id = self.send(to.as_str()).await?;
+            lock(&self.sms).push((to.as_str().to_owned(), text.to_owned()));
+            Ok(id)
+        })
     }
 }
 
 impl TopicPublisher for MemoryProvider {
-    async fn publish(&self, message: &TopicMessage) -> Result<String, SendError> {
-        let id = self.send(&message.topic_arn).await?;
-        lock(&self.published).push(message.clone());
-        Ok(id)
+    fn publish<'a>(
+        &'a self,
+        message: &'a TopicMessage,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let id = self.send(&message.topic_arn).await?;
+            lock(&self.published).push(message.clone());
+            Ok(id)
+        })
     }
 }
 
@@ -708,12 +725,7 @@ impl crate::ports::WorkQueue for MemoryQueue {
 }
 
 /// The use case over in-memory ports.
-pub type MemoryNotifier = crate::notify::Notifier<
-    Arc<MemoryStore>,
-    Arc<MemoryProvider>,
-    Arc<MemoryProvider>,
-    Arc<MemoryProvider>,
->;
+pub type MemoryNotifier = crate::notify::Notifier<Arc<MemoryStore>>;
 
 /// Wires the use case to `store`, with `provider` for every channel, no rate
 /// limit and the default policy (set `rates` or `policy` on the result to change them).
@@ -724,9 +736,11 @@ pub fn notifier(
 ) -> MemoryNotifier {
     crate::notify::Notifier {
         store,
-        mailer: provider.clone(),
-        sms: provider.clone(),
-        topics: provider,
+        channels: crate::channels::Providers {
+            mailer: provider.clone(),
+            sms: provider.clone(),
+            topics: provider,
+        },
         concurrency,
         rates: crate::rate::RateLimits::default(),
         policy: crate::notify::Policy::default(),

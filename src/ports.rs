@@ -5,8 +5,8 @@
 use std::future::Future;
 
 use crate::model::{
-    Contact, ContactId, Delivery, EmailAddress, IdempotencyKey, NotificationEvent,
-    NotificationSettings, Offer, OfferId, OrgId, PhoneNumber,
+    Contact, ContactId, Delivery, IdempotencyKey, NotificationEvent, NotificationSettings, Offer,
+    OfferId, OrgId,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -413,50 +413,6 @@ pub trait WorkQueue: Send + Sync {
     ) -> futures::future::BoxFuture<'a, Vec<Result<(), SendError>>>;
 }
 
-/// An email ready to send: one recipient, rendered content, tags for tracking.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutgoingEmail {
-    pub to: EmailAddress,
-    pub subject: String,
-    pub text: String,
-    pub html: String,
-    /// Name/value pairs for SES message tags (used with a configuration set).
-    pub tags: Vec<(String, String)>,
-}
-
-pub trait Mailer: Send + Sync {
-    /// Sends one email; the answer is the provider's message id.
-    fn send_email(
-        &self,
-        email: &OutgoingEmail,
-    ) -> impl Future<Output = Result<String, SendError>> + Send;
-}
-
-pub trait SmsSender: Send + Sync {
-    /// Sends one transactional SMS; the answer is the provider's message id.
-    fn send_sms(
-        &self,
-        to: &PhoneNumber,
-        text: &str,
-    ) -> impl Future<Output = Result<String, SendError>> + Send;
-}
-
-/// A message published to a topic, with attributes subscribers can filter on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopicMessage {
-    pub topic_arn: String,
-    pub subject: String,
-    pub body: String,
-    pub attributes: Vec<(String, String)>,
-}
-
-pub trait TopicPublisher: Send + Sync {
-    fn publish(
-        &self,
-        message: &TopicMessage,
-    ) -> impl Future<Output = Result<String, SendError>> + Send;
-}
-
 // A shared implementation (an `Arc`, a reference) serves as well as an owned one.
 macro_rules! delegate {
     ($($wrapper:ty),+) => {$(
@@ -529,21 +485,6 @@ macro_rules! delegate {
             }
             fn finish(&self, org: &OrgId, key: &IdempotencyKey, outcome: KeyOutcome) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).finish(org, key, outcome)
-            }
-        }
-        impl<X: Mailer + ?Sized> Mailer for $wrapper {
-            fn send_email(&self, email: &OutgoingEmail) -> impl Future<Output = Result<String, SendError>> + Send {
-                (**self).send_email(email)
-            }
-        }
-        impl<X: SmsSender + ?Sized> SmsSender for $wrapper {
-            fn send_sms(&self, to: &PhoneNumber, text: &str) -> impl Future<Output = Result<String, SendError>> + Send {
-                (**self).send_sms(to, text)
-            }
-        }
-        impl<X: TopicPublisher + ?Sized> TopicPublisher for $wrapper {
-            fn publish(&self, message: &TopicMessage) -> impl Future<Output = Result<String, SendError>> + Send {
-                (**self).publish(message)
             }
         }
     )+};

@@ -17,10 +17,7 @@ use crate::model::{
     ContactId, Delivery, DeliveryStatus, EventStatus, IdempotencyKey, OfferId, OrgId,
 };
 use crate::notify::{Action, Announce, Hold, Notifier, failed_all, skipped, unconfirm};
-use crate::ports::{
-    ContactStore, EventStore, IdempotencyStore, Mailer, OfferStore, SmsSender, StoreError,
-    TopicPublisher, WorkBatch,
-};
+use crate::ports::{ContactStore, EventStore, IdempotencyStore, OfferStore, StoreError, WorkBatch};
 
 /// What became of one work message.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,12 +69,9 @@ pub trait Work: Send + Sync {
     ) -> impl Future<Output = Result<Worked, WorkError>> + Send;
 }
 
-impl<S, M, P, T> Work for Notifier<S, M, P, T>
+impl<S> Work for Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     async fn work(
         &self,
@@ -135,12 +129,9 @@ fn ids(batch: &WorkBatch) -> Result<Ids, WorkError> {
     })
 }
 
-impl<S, M, P, T> Notifier<S, M, P, T>
+impl<S> Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     async fn work_once(
         &self,

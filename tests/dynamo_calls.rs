@@ -78,13 +78,15 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
     let sns = SnsPublisher::new(aws_sdk_sns::Client::new(&env.sdk));
     let app = Notifier {
         store: DynamoStore::new(dynamo, env.table.clone()),
-        mailer: SesMailer::new(
-            aws_sdk_sesv2::Client::new(&env.sdk),
-            notify_offer_contacts::model::EmailAddress::parse(SENDER).unwrap(),
-            None,
-        ),
-        sms: sns.clone(),
-        topics: sns,
+        channels: notify_offer_contacts::channels::Providers {
+            mailer: std::sync::Arc::new(SesMailer::new(
+                aws_sdk_sesv2::Client::new(&env.sdk),
+                notify_offer_contacts::model::EmailAddress::parse(SENDER).unwrap(),
+                None,
+            )),
+            sms: std::sync::Arc::new(sns.clone()),
+            topics: std::sync::Arc::new(sns),
+        },
         concurrency: 16,
         rates: Default::default(),
         policy: Default::default(),

@@ -6,7 +6,7 @@ use lambda_http::Body;
 use notify_offer_contacts::model::{
     ContactIdList, EmailAddress, Offer, OfferInfo, Partner, PhoneNumber,
 };
-use notify_offer_contacts::{http, render};
+use notify_offer_contacts::{channels, http};
 use proptest::prelude::*;
 
 fn valid_id(s: &str) -> bool {
@@ -94,12 +94,12 @@ proptest! {
             ..Offer::default()
         };
         let person = notify_offer_contacts::model::Contact { id: "c".into(), name: Some(contact), ..Default::default() };
-        let email = render::email(&offer, Some(&person));
+        let email = channels::email::render(&offer, Some(&person));
         prop_assert!(!email.subject.chars().any(char::is_control), "{:?}", email.subject);
         prop_assert!(email.subject.chars().count() <= 200);
         prop_assert!(!leaks_markup(&email.html), "markup leaked: {}", email.html);
         prop_assert!(!email.html.to_lowercase().contains("href=\"javascript:"));
-        let sms = render::sms(&offer);
+        let sms = channels::sms::render(&offer);
         prop_assert!(sms.len() < 1600);
     }
 }

@@ -15,8 +15,7 @@ use notify_offer_contacts::rate::{RateLimiter, RateLimits};
 
 const ORG: &str = "org1";
 
-type TestNotifier =
-    Notifier<Arc<MemoryStore>, Arc<MemoryProvider>, Arc<MemoryProvider>, Arc<MemoryProvider>>;
+type TestNotifier = Notifier<Arc<MemoryStore>>;
 
 fn contact(id: &str, email: Option<&str>, phone: Option<&str>) -> Contact {
     Contact {

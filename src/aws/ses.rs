@@ -5,7 +5,10 @@ use aws_sdk_sesv2::Client;
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message, MessageTag};
 
 use crate::model::EmailAddress;
-use crate::ports::{Mailer, OutgoingEmail, SendError};
+use futures::future::BoxFuture;
+
+use crate::channels::{Mailer, OutgoingEmail};
+use crate::ports::SendError;
 
 /// SES codes for which sending the same message again cannot succeed.
 const PERMANENT: &[&str] = &[
@@ -56,7 +59,16 @@ fn build_error(e: aws_sdk_sesv2::error::BuildError) -> SendError {
 }
 
 impl Mailer for SesMailer {
-    async fn send_email(&self, email: &OutgoingEmail) -> Result<String, SendError> {
+    fn send_email<'a>(
+        &'a self,
+        email: &'a OutgoingEmail,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(self.send(email))
+    }
+}
+
+impl SesMailer {
+    async fn send(&self, email: &OutgoingEmail) -> Result<String, SendError> {
         let message = Message::builder()
             .subject(content(&email.subject)?)
             .body(

@@ -6,7 +6,10 @@ use aws_sdk_sns::Client;
 use aws_sdk_sns::types::MessageAttributeValue;
 
 use crate::model::PhoneNumber;
-use crate::ports::{SendError, SmsSender, TopicMessage, TopicPublisher};
+use futures::future::BoxFuture;
+
+use crate::channels::{SmsSender, TopicMessage, TopicPublisher};
+use crate::ports::SendError;
 
 /// SNS codes for which publishing the same message again cannot succeed.
 const PERMANENT: &[&str] = &[
@@ -44,7 +47,26 @@ fn string_attribute(value: &str) -> Result<MessageAttributeValue, SendError> {
 }
 
 impl SmsSender for SnsPublisher {
-    async fn send_sms(&self, to: &PhoneNumber, text: &str) -> Result<String, SendError> {
+    fn send_sms<'a>(
+        &'a self,
+        to: &'a PhoneNumber,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(self.sms(to, text))
+    }
+}
+
+impl TopicPublisher for SnsPublisher {
+    fn publish<'a>(
+        &'a self,
+        message: &'a TopicMessage,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(self.topic(message))
+    }
+}
+
+impl SnsPublisher {
+    async fn sms(&self, to: &PhoneNumber, text: &str) -> Result<String, SendError> {
         let out = self
             .client
             .publish()
@@ -56,10 +78,8 @@ impl SmsSender for SnsPublisher {
             .map_err(|e| super::send_error(&e, PERMANENT, QUOTA))?;
         Ok(out.message_id.unwrap_or_default())
     }
-}
 
-impl TopicPublisher for SnsPublisher {
-    async fn publish(&self, message: &TopicMessage) -> Result<String, SendError> {
+    async fn topic(&self, message: &TopicMessage) -> Result<String, SendError> {
         let mut request = self
             .client
             .publish()

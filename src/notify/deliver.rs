@@ -30,10 +30,7 @@ use tokio::time::Instant;
 
 use crate::model::event::now_millis;
 use crate::model::{Delivery, DeliveryStatus, NotificationChannel, OrgId};
-use crate::ports::{
-    ContactStore, EventStore, Mailer, OfferStore, SendError, SmsSender, StoreError, TopicPublisher,
-    Written,
-};
+use crate::ports::{ContactStore, EventStore, OfferStore, SendError, StoreError, Written};
 use crate::rate::RateLimiter;
 
 use super::{Action, Notifier};
@@ -155,12 +152,9 @@ enum WriteDone {
 /// A send's result: `None` when it was announced but could not start in time.
 type SendDone = (usize, Action, Option<(Result<String, SendError>, Duration)>);
 
-impl<S, M, P, T> Notifier<S, M, P, T>
+impl<S> Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     /// Sends `actions` under the slots, the channels' rates and the deadline,
     /// announcing each group of sends before it starts and writing outcomes
@@ -450,13 +444,7 @@ where
             let end = calls_end.map_or(started + self.policy.send_timeout, |e| {
                 e.min(started + self.policy.send_timeout)
             });
-            let send = async {
-                match &action {
-                    Action::Email { email, .. } => self.mailer.send_email(email).await,
-                    Action::Sms { to, text, .. } => self.sms.send_sms(to, text).await,
-                    Action::Topic(m) => self.topics.publish(m).await,
-                }
-            };
+            let send = action.send(&self.channels);
             let result = match tokio::time::timeout_at(end, send).await {
                 Ok(result) => result,
                 Err(_) => Err(SendError::unknown(

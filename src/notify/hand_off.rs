@@ -13,8 +13,8 @@ use crate::model::{
     Delivery, DeliveryStatus, EventStatus, NotificationChannel, NotificationEvent, OrgId,
 };
 use crate::ports::{
-    ContactStore, EventStore, IdempotencyStore, Mailer, OfferStore, SmsSender, StoreError,
-    TopicPublisher, WorkBatch, WorkItem, WorkQueue,
+    ContactStore, EventStore, IdempotencyStore, OfferStore, StoreError, WorkBatch, WorkItem,
+    WorkQueue,
 };
 
 use super::{
@@ -22,12 +22,9 @@ use super::{
     set_lease, summarise, sweeps,
 };
 
-impl<S, M, P, T> Notifier<S, M, P, T>
+impl<S> Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     /// How long sending deliveries on `channels` here and now would take: the
     /// slowest channel at its rate, or the provider calls through the concurrency.

@@ -12,7 +12,7 @@ mod hand_off;
 mod plan;
 mod resume;
 
-pub use plan::{MAX_TOPIC_BYTES, TOPIC_CONTACT_IDS, allowed_topic, topic_body};
+pub use crate::channels::topic::{MAX_TOPIC_BYTES, TOPIC_CONTACT_IDS, allowed_topic, topic_body};
 pub use resume::{Sweeper, Swept};
 
 use std::collections::{HashMap, HashSet};
@@ -23,19 +23,20 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
+use crate::channels::offer_text;
 use crate::model::event::now_millis;
 use crate::model::{
     Contact, ContactId, ContactIdList, CreatedBy, Delivery, DeliveryStatus, EntityType,
     EventStatus, IdempotencyKey, NotificationChannel, NotificationEvent, NotificationEventAction,
-    OfferId, OrgId, PhoneNumber,
+    OfferId, OrgId,
 };
 use crate::ports::{
     Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
-    KeyOutcome, Mailer, OfferStore, OutgoingEmail, SmsSender, StoreError, TopicMessage,
-    TopicPublisher, WorkQueue,
+    KeyOutcome, OfferStore, StoreError, WorkQueue,
 };
 use crate::rate::RateLimits;
-use crate::render;
+
+pub(crate) use crate::channels::{Action, Providers};
 
 pub(crate) use deliver::{Announce, Hold};
 pub(crate) use hand_off::failed_all;
@@ -234,11 +235,10 @@ pub trait NotifyContacts: Send + Sync {
     }
 }
 
-pub struct Notifier<S, M, P, T> {
+pub struct Notifier<S> {
     pub store: S,
-    pub mailer: M,
-    pub sms: P,
-    pub topics: T,
+    /// What each channel sends through.
+    pub channels: Providers,
     /// Deliveries in flight at once.
     pub concurrency: usize,
     /// Sends a second per channel (none: unlimited).
@@ -249,28 +249,8 @@ pub struct Notifier<S, M, P, T> {
     pub queue: Option<Arc<dyn WorkQueue>>,
 }
 
-/// One unit of work of the fan-out.
-pub(crate) enum Action {
-    Email {
-        contact_id: String,
-        email: OutgoingEmail,
-    },
-    Sms {
-        contact_id: String,
-        to: PhoneNumber,
-        text: Arc<str>,
-    },
-    Topic(TopicMessage),
-}
-
+/// The ledger's view of a planned send.
 impl Action {
-    pub(crate) fn channel(&self) -> NotificationChannel {
-        match self {
-            Action::Email { .. } => NotificationChannel::Email,
-            Action::Sms { .. } => NotificationChannel::Sms,
-            Action::Topic(_) => NotificationChannel::Sns,
-        }
-    }
     /// The entry in `status`, for this action's delivery.
     pub(crate) fn entry(&self, status: DeliveryStatus) -> Delivery {
         Delivery {
@@ -312,14 +292,6 @@ impl Action {
             self.channel(),
             self.contact_id().as_deref().unwrap_or("-")
         )
-    }
-    pub(crate) fn contact_id(&self) -> Option<String> {
-        match self {
-            Action::Email { contact_id, .. } | Action::Sms { contact_id, .. } => {
-                Some(contact_id.clone())
-            }
-            Action::Topic(_) => None,
-        }
     }
 }
 
@@ -396,12 +368,9 @@ pub fn summarise(
     (per_channel, status, used)
 }
 
-impl<S, M, P, T> NotifyContacts for Notifier<S, M, P, T>
+impl<S> NotifyContacts for Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     async fn notify_counted(&self, cmd: NotifyCommand) -> Result<Notified, NotifyError> {
         // Whatever the store does, the answer comes before the deadline: a
@@ -419,12 +388,9 @@ where
     }
 }
 
-impl<S, M, P, T> Notifier<S, M, P, T>
+impl<S> Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     /// The idempotency key's part: claim it, replay, refuse, or resume.
     async fn keyed(&self, cmd: NotifyCommand) -> Result<Notified, NotifyError> {
@@ -546,8 +512,8 @@ where
             cc_contact_ids: (!recipients.cc_ids.is_empty()).then(|| recipients.cc_ids.clone()),
             channels: Some(settings.effective_channels()),
             created_by: cmd.created_by.clone(),
-            title: Some(render::subject(&offer)),
-            message: Some(render::message(&offer)),
+            title: Some(offer_text::subject(&offer)),
+            message: Some(offer_text::message(&offer)),
             is_action_item: Some(false),
             require_audit: Some(false),
             timestamp: Some(now),
@@ -852,9 +818,7 @@ pub(crate) fn conclude(event: &mut NotificationEvent, recorded: &[Delivery]) -> 
     status
 }
 
-impl<S: crate::tracking::OpenTracker, M: Send + Sync, P: Send + Sync, T: Send + Sync>
-    crate::tracking::OpenTracker for Notifier<S, M, P, T>
-{
+impl<S: crate::tracking::OpenTracker> crate::tracking::OpenTracker for Notifier<S> {
     fn record_open(
         &self,
         open: &crate::tracking::Open,

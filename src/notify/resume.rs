@@ -12,8 +12,7 @@ use tracing::Instrument;
 use crate::model::event::now_millis;
 use crate::model::{Delivery, DeliveryStatus, EventStatus, NotificationEvent, Offer, OfferId};
 use crate::ports::{
-    ContactStore, EventStore, IdempotencyStore, KeyHold, KeyOutcome, Mailer, OfferStore, SmsSender,
-    StoreError, TopicPublisher,
+    ContactStore, EventStore, IdempotencyStore, KeyHold, KeyOutcome, OfferStore, StoreError,
 };
 
 use super::{
@@ -64,12 +63,9 @@ pub trait Sweeper: Send + Sync {
     ) -> impl std::future::Future<Output = Result<Swept, StoreError>> + Send;
 }
 
-impl<S, M, P, T> Sweeper for Notifier<S, M, P, T>
+impl<S> Sweeper for Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     async fn sweep(&self, deadline: Option<tokio::time::Instant>) -> Result<Swept, StoreError> {
         let now = now_millis();
@@ -150,12 +146,9 @@ where
     }
 }
 
-impl<S, M, P, T> Notifier<S, M, P, T>
+impl<S> Notifier<S>
 where
     S: OfferStore + ContactStore + EventStore + IdempotencyStore,
-    M: Mailer,
-    P: SmsSender,
-    T: TopicPublisher,
 {
     /// Finishes a stored event from its own recipient list and its ledger.
     pub(crate) async fn resume(

@@ -1,0 +1,203 @@
+//! EMAIL: one message per recipient contact (only that contact in To), and a
+//! copy for each of the settings' `ccContactIds`. Its recipient reads a
+//! subject, a text and an HTML part rendered from the offer; its target is the
+//! contact's `emailAddress`, parsed; it goes out through a `Mailer` (SES v2 in
+//! the Lambda), tagged so that SES events find the delivery again.
+
+use futures::future::BoxFuture;
+
+use crate::model::{Contact, EmailAddress, NotificationChannel, Offer};
+use crate::ports::SendError;
+
+use super::offer_text::{escape_html, marketplace, offer_name, offer_url, single_line, subject};
+use super::{Action, Planning, unreadable};
+use crate::notify::skipped;
+
+/// An email ready to send: one recipient, rendered content, tags for tracking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingEmail {
+    pub to: EmailAddress,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// Name/value pairs for SES message tags (used with a configuration set).
+    pub tags: Vec<(String, String)>,
+}
+
+/// Sends one email; the answer is the provider's message id.
+pub trait Mailer: Send + Sync {
+    fn send_email<'a>(
+        &'a self,
+        email: &'a OutgoingEmail,
+    ) -> BoxFuture<'a, Result<String, SendError>>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailContent {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// The email for one contact (the greeting is the only personal part).
+pub fn render(offer: &Offer, contact: Option<&Contact>) -> EmailContent {
+    let name = offer_name(offer);
+    let market = marketplace(offer);
+    let greeting = contact
+        .and_then(|c| c.name.as_deref())
+        .map(single_line)
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("Hello {n},"))
+        .unwrap_or_else(|| "Hello,".to_owned());
+    let url = offer_url(offer);
+
+    let mut text =
+        format!("{greeting}\n\nA private offer is waiting for you on {market}: {name}.\n");
+    match url {
+        Some(u) => text.push_str(&format!("\nReview and accept it here: {u}\n")),
+        None => text.push_str("\nSign in to the marketplace to review and accept it.\n"),
+    }
+
+    let mut html = format!(
+        "<!DOCTYPE html><html><body><p>{}</p><p>A private offer is waiting for you on {}: <strong>{}</strong>.</p>",
+        escape_html(&greeting),
+        escape_html(market),
+        escape_html(&name)
+    );
+    match url {
+        Some(u) => html.push_str(&format!(
+            "<p><a href=\"{}\">Review and accept the offer</a></p>",
+            escape_html(u)
+        )),
+        None => html.push_str("<p>Sign in to the marketplace to review and accept it.</p>"),
+    }
+    html.push_str("</body></html>");
+
+    EmailContent {
+        subject: subject(offer),
+        text,
+        html,
+    }
+}
+
+/// One email per recipient and cc contact, or why not.
+pub(crate) fn plan(p: &mut Planning<'_>) {
+    let channel = NotificationChannel::Email;
+    let r = p.recipients;
+    for (id, is_cc) in r
+        .ids
+        .iter()
+        .map(|i| (i, false))
+        .chain(r.cc_ids.iter().map(|i| (i, true)))
+    {
+        if r.unreadable.contains(id) {
+            p.decided.push(unreadable(channel.clone(), id));
+            continue;
+        }
+        let Some(contact) = r.contacts.get(id) else {
+            let what = if is_cc { "cc contact" } else { "contact" };
+            p.decided.push(skipped(
+                channel.clone(),
+                Some(id),
+                format!("{what} not found in this organization"),
+            ));
+            continue;
+        };
+        let address = match contact
+            .email_address
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => {
+                p.decided.push(skipped(
+                    channel.clone(),
+                    Some(id),
+                    "contact has no email address",
+                ));
+                continue;
+            }
+            Some(raw) => match EmailAddress::parse(raw) {
+                Ok(a) => a,
+                Err(e) => {
+                    p.decided
+                        .push(skipped(channel.clone(), Some(id), format!("contact's {e}")));
+                    continue;
+                }
+            },
+        };
+        let content = render(p.offer, Some(contact));
+        p.actions.push(Action::Email {
+            contact_id: id.clone(),
+            email: OutgoingEmail {
+                to: address,
+                subject: content.subject,
+                text: content.text,
+                html: content.html,
+                tags: vec![
+                    ("organizationID".into(), p.org.clone()),
+                    ("eventID".into(), p.event_id.clone()),
+                    ("contactId".into(), id.clone()),
+                ],
+            },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{OfferInfo, Partner};
+
+    fn offer(name: &str, url: Option<&str>) -> Offer {
+        Offer {
+            id: "o1".into(),
+            name: Some(name.into()),
+            partner: Some(Partner::Aws),
+            info: Some(OfferInfo {
+                private_offer_url: url.map(str::to_owned),
+            }),
+            ..Offer::default()
+        }
+    }
+
+    #[test]
+    fn html_escapes_offer_data() {
+        let e = render(
+            &offer(
+                "<script>alert(1)</script>",
+                Some("https://x.test/o?a=1&b=\"2\""),
+            ),
+            None,
+        );
+        assert!(!e.html.contains("<script>"));
+        assert!(e.html.contains("&lt;script&gt;"));
+        // A URL with a quote is not shown at all.
+        assert!(!e.html.contains("x.test"));
+    }
+
+    #[test]
+    fn https_links_are_shown() {
+        let e = render(
+            &offer("a", Some("https://aws.amazon.com/marketplace/o/1")),
+            None,
+        );
+        assert!(
+            e.html
+                .contains("href=\"https://aws.amazon.com/marketplace/o/1\"")
+        );
+        assert!(e.text.contains("https://aws.amazon.com/marketplace/o/1"));
+    }
+
+    #[test]
+    fn contact_name_greets_and_is_escaped() {
+        let c = Contact {
+            id: "c".into(),
+            name: Some("Ann <b>".into()),
+            ..Contact::default()
+        };
+        let e = render(&offer("a", None), Some(&c));
+        assert!(e.text.starts_with("Hello Ann <b>,"));
+        assert!(e.html.contains("Hello Ann &lt;b&gt;,"));
+    }
+}
