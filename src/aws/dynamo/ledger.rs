@@ -1,0 +1,179 @@
+//! The ledger: one item per delivery, `DELIVERY#{eventID}#{channel}#{contactId or -}`.
+
+use super::*;
+
+/// Delivery items sort after their event's ID, so one Query with
+/// `begins_with(sk, "DELIVERY#{eventID}#")` lists an event's ledger.
+pub fn delivery_sk(event_id: &str, d: &Delivery) -> String {
+    format!("DELIVERY#{event_id}#{}", d.key())
+}
+
+/// Conditional writes a worker has in flight at once when taking deliveries.
+const CONDITIONAL_WRITES_IN_FLIGHT: usize = 10;
+
+fn delivery_item(org: &OrgId, event_id: &str, d: &Delivery) -> Result<Item, serde_dynamo::Error> {
+    let mut item: Item = serde_dynamo::to_item(d)?;
+    item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
+    item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
+    item.extend(key(org_pk(org), delivery_sk(event_id, d)));
+    Ok(item)
+}
+
+impl DynamoStore {
+    pub(super) async fn save_deliveries_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "store deliveries";
+        let items = deliveries
+            .iter()
+            .map(|d| delivery_item(org, event_id, d).map_err(malformed(OP)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write_all(OP, items).await
+    }
+
+    pub(super) async fn event_with_deliveries_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError> {
+        const OP: &str = "read event and ledger";
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), event_sk(event_id))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable(OP))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let event: NotificationEvent = serde_dynamo::from_item(item).map_err(malformed(OP))?;
+        let mut ledger = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", AttributeValue::S(org_pk(org)))
+                .expression_attribute_values(
+                    ":prefix",
+                    AttributeValue::S(format!("DELIVERY#{event_id}#")),
+                )
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable(OP))?;
+            for item in page.items.unwrap_or_default() {
+                ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(Some((event, ledger)))
+    }
+
+    pub(super) async fn deliveries_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        const OP: &str = "read deliveries";
+        let keys = keys
+            .iter()
+            .map(|k| key(org_pk(org), format!("DELIVERY#{event_id}#{k}")))
+            .collect();
+        self.batch_get(OP, keys, true)
+            .await?
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).map_err(malformed(OP)))
+            .collect()
+    }
+
+    pub(super) async fn replace_queued_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch: &str,
+        deliveries: &[Delivery],
+    ) -> Replaced {
+        let writes: Vec<_> = deliveries
+            .iter()
+            .map(|d| self.put_if_queued(org, event_id, batch, d))
+            .collect();
+        let mut failure = None;
+        let written = futures::stream::iter(writes)
+            .buffered(CONDITIONAL_WRITES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(true) => Written::Yes,
+                Ok(false) => Written::NotQueued,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    Written::Failed
+                }
+            })
+            .collect();
+        Replaced { written, failure }
+    }
+
+    pub(super) async fn forget_deliveries_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        keys: &[String],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "forget intents";
+        for chunk in keys.chunks(BATCH_WRITE_MAX) {
+            let deletes = chunk
+                .iter()
+                .map(|k| {
+                    let delete = DeleteRequest::builder()
+                        .set_key(Some(key(org_pk(org), format!("DELIVERY#{event_id}#{k}"))))
+                        .build()
+                        .map_err(unavailable(OP))?;
+                    Ok(WriteRequest::builder().delete_request(delete).build())
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.write_requests(OP, deletes).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one delivery where the ledger holds it QUEUED in `batch`.
+    async fn put_if_queued(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        batch: &str,
+        d: &Delivery,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "take queued deliveries";
+        let item = delivery_item(org, event_id, d).map_err(malformed(OP))?;
+        // The entry must exist, QUEUED in this message's batch: a message can
+        // neither add deliveries nor take another batch's.
+        self.put_item_if(
+            OP,
+            item,
+            "#st = :queued AND #b = :batch",
+            &[("#st", "status"), ("#b", "batch")],
+            vec![
+                (":queued", AttributeValue::S("QUEUED".into())),
+                (":batch", AttributeValue::S(batch.to_owned())),
+            ],
+        )
+        .await
+    }
+}
