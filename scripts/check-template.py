@@ -40,6 +40,9 @@ def as_list(v):
 
 api, worker = "NotifyFunction", "WorkerFunction"
 
+# The SSRF guard's test-only allowance appears nowhere in the stack.
+check("NOTIFY_TEST_ONLY_LOCAL_TARGETS" not in open(path).read(), "the template must never mention NOTIFY_TEST_ONLY_LOCAL_TARGETS")
+
 # Fail closed: the HTTP API's function never serves a request without its authorizer.
 check("http" not in str(env(api).get("ALLOW_WITHOUT_AUTHORIZER", "")), "the API function must never allow http without an authorizer")
 check("ALLOW_WITHOUT_AUTHORIZER" not in env(worker), "the worker takes no direct invocation")
@@ -75,6 +78,14 @@ for fn in [api, worker]:
           f"{fn} publishes to this account's organisation topics only")
     check(any("arn:${AWS::Partition}:sns:*:*:*" in str(s.get("NotResource")) for s in allows), f"{fn} may send SMS (NotResource: any topic)")
     check(env(fn).get("TOPIC_ARN_PREFIX") is not None, f"{fn} checks organisation topics against TOPIC_ARN_PREFIX")
+    # Chat and webhook targets: secrets under the prefix only; the SSRF guard's
+    # test-only allowance is never set by the stack.
+    check("NOTIFY_TEST_ONLY_LOCAL_TARGETS" not in str(env(fn)), f"{fn} must never set NOTIFY_TEST_ONLY_LOCAL_TARGETS (tests only)")
+    check(env(fn).get("SECRET_PREFIX") == {"Ref": "TargetSecretPrefix"}, f"{fn} reads targets under SECRET_PREFIX")
+    secrets = [s for s in st if "secretsmanager" in str(s.get("Action"))]
+    check(len(secrets) == 1 and secrets[0].get("Action") == "secretsmanager:GetSecretValue"
+          and "secret:${TargetSecretPrefix}*" in str(secrets[0].get("Resource")),
+          f"{fn} may read only the targets' secrets (GetSecretValue on the prefix)")
     # SES: identity/* (the sandbox checks the recipient's identity too), sender pinned.
     ses = [s for s in st if s.get("Action") == "ses:SendEmail"]
     check(ses and "identity/*" in str(ses[0]["Resource"]), f"{fn}: ses:SendEmail on identity/*")

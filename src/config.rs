@@ -47,6 +47,15 @@ pub struct Config {
     /// template sets `arn:{partition}:sns:{region}:{account}:{OrgTopicPrefix}`);
     /// unset: the SNS channel fails for every organisation.
     pub topic_arn_prefix: Option<String>,
+    /// `SECRET_PREFIX` (e.g. `notify-offer-contacts/targets/`): the Slack,
+    /// Teams and webhook targets' secrets are `{prefix}{orgId}/{name}`; the
+    /// IAM policy grants this prefix only. Unset: those channels fail with why.
+    pub secret_prefix: String,
+    /// `NOTIFY_TEST_ONLY_LOCAL_TARGETS` (`host:port`, comma separated): local
+    /// receivers the chat and webhook channels may reach over plain http,
+    /// past the SSRF guard. Tests and the demo only: the template never sets
+    /// it, and `scripts/check-template.py` fails if it does.
+    pub test_only_local_targets: Vec<String>,
 }
 
 /// What the edges trust. Fails closed: with nothing set, an HTTP request
@@ -327,9 +336,27 @@ impl Config {
                         .into(),
             });
         }
+        let secret_prefix = non_empty("SECRET_PREFIX").unwrap_or_default();
+        if !secret_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_/.".contains(c))
+        {
+            return Err(ConfigError::Invalid {
+                name: "SECRET_PREFIX",
+                why: "it may hold letters, digits and - _ / . only".into(),
+            });
+        }
+        let test_only_local_targets: Vec<String> = non_empty("NOTIFY_TEST_ONLY_LOCAL_TARGETS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
         Ok(Self {
             access,
             topic_arn_prefix,
+            secret_prefix,
+            test_only_local_targets,
             rate_split,
             work_queue_url: non_empty("WORK_QUEUE_URL"),
             hand_off,

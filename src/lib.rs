@@ -10,6 +10,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod outbound;
 pub mod ports;
 pub mod rate;
 pub mod telemetry;
@@ -28,6 +29,7 @@ pub type App = Notifier<DynamoStore>;
 /// Builds the clients once and wires them to the use case.
 pub fn app(sdk: &SdkConfig, config: &Config) -> App {
     let sns = SnsPublisher::new(aws::sns_client(sdk));
+    let allowance = outbound::allowance(&config.test_only_local_targets);
     Notifier {
         store: DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
@@ -41,6 +43,18 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
             )),
             sms: std::sync::Arc::new(sns.clone()),
             topics: std::sync::Arc::new(sns),
+            web: std::sync::Arc::new(channels::WebTargets::new(
+                std::sync::Arc::new(outbound::HttpsPoster::from_env(allowance.clone())),
+                std::sync::Arc::new(channels::web::CachedSecrets::new(
+                    std::sync::Arc::new(aws::secrets::SecretsManager::new(
+                        aws_sdk_secretsmanager::Client::new(sdk),
+                    )),
+                    std::time::Duration::from_secs(300),
+                    1000,
+                )),
+                config.secret_prefix.clone(),
+                allowance,
+            )),
         },
         concurrency: config.delivery_concurrency,
         rates: rate_limits(config),

@@ -50,7 +50,7 @@ pub struct MemoryStore {
     contacts: HashMap<(String, String), Contact>,
     /// Contact items another writer stored in a shape this code cannot read.
     unreadable: HashSet<(String, String)>,
-    settings: HashMap<String, NotificationSettings>,
+    settings: Mutex<HashMap<String, NotificationSettings>>,
     events: Mutex<HashMap<(String, String), NotificationEvent>>,
     deliveries: Mutex<HashMap<String, Vec<Delivery>>>,
     keys: Mutex<HashMap<(String, String), IdempotencyRecord>>,
@@ -85,8 +85,8 @@ impl MemoryStore {
         self.unreadable.insert((org.into(), id.into()));
         self
     }
-    pub fn with_settings(mut self, org: &str, settings: NotificationSettings) -> Self {
-        self.settings.insert(org.into(), settings);
+    pub fn with_settings(self, org: &str, settings: NotificationSettings) -> Self {
+        lock(&self.settings).insert(org.into(), settings);
         self
     }
     pub fn forgetful(mut self) -> Self {
@@ -227,7 +227,36 @@ impl OfferStore for MemoryStore {
     }
     async fn settings(&self, org: &OrgId) -> Result<NotificationSettings, StoreError> {
         self.check(StoreOp::ReadSettings)?;
-        Ok(self.settings.get(org.as_str()).cloned().unwrap_or_default())
+        Ok(lock(&self.settings)
+            .get(org.as_str())
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn disable_target(
+        &self,
+        org: &OrgId,
+        channel: &crate::model::NotificationChannel,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.check(StoreOp::SaveDeliveries)?;
+        let mut settings = lock(&self.settings);
+        let Some(s) = settings.get_mut(org.as_str()) else {
+            return Ok(());
+        };
+        let target = match channel {
+            crate::model::NotificationChannel::Slack => s.slack.as_mut(),
+            crate::model::NotificationChannel::MicrosoftTeams => s.microsoft_teams.as_mut(),
+            crate::model::NotificationChannel::Webhook => s.webhook.as_mut(),
+            _ => None,
+        };
+        if let Some(t) = target {
+            t.disabled = Some(crate::model::Disabled {
+                reason: reason.to_owned(),
+                at: "now".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -740,6 +769,7 @@ pub fn notifier(
             mailer: provider.clone(),
             sms: provider.clone(),
             topics: provider,
+            web: Arc::new(crate::channels::WebTargets::unconfigured()),
         },
         concurrency,
         rates: crate::rate::RateLimits::default(),
@@ -791,4 +821,90 @@ pub fn offer_with_contacts(
         store = store.with_contact("org1", contact);
     }
     store
+}
+
+/// Secrets held in memory, by ID; counts reads (to see the cache work).
+#[derive(Default)]
+pub struct MemorySecrets {
+    values: Mutex<HashMap<String, String>>,
+    pub reads: AtomicUsize,
+}
+
+impl MemorySecrets {
+    pub fn with(self, id: &str, value: &str) -> Self {
+        lock(&self.values).insert(id.into(), value.into());
+        self
+    }
+}
+
+impl crate::channels::Secrets for MemorySecrets {
+    fn secret<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, SendError>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move { Ok(lock(&self.values).get(id).cloned()) })
+    }
+}
+
+/// What a `MemoryPoster` was asked to send (the URL's host and path, the
+/// headers, the body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Posted {
+    pub host: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A poster that records requests and answers from a script (then 200 `ok`),
+/// or with an error.
+#[derive(Default)]
+pub struct MemoryPoster {
+    pub posted: Mutex<Vec<Posted>>,
+    script: Mutex<std::collections::VecDeque<Result<crate::channels::web::WebAnswer, SendError>>>,
+}
+
+impl MemoryPoster {
+    /// The next answers, in order.
+    pub fn answer(&self, a: Result<crate::channels::web::WebAnswer, SendError>) {
+        lock(&self.script).push_back(a);
+    }
+    pub fn status(&self, status: u16, body: &str) {
+        self.answer(Ok(crate::channels::web::WebAnswer {
+            status,
+            body: body.into(),
+            ..Default::default()
+        }));
+    }
+    pub fn posted(&self) -> Vec<Posted> {
+        lock(&self.posted).clone()
+    }
+}
+
+impl crate::channels::Poster for MemoryPoster {
+    fn post<'a>(
+        &'a self,
+        r: &'a crate::channels::web::WebPost,
+    ) -> futures::future::BoxFuture<'a, Result<crate::channels::web::WebAnswer, SendError>> {
+        Box::pin(async move {
+            lock(&self.posted).push(Posted {
+                host: r.url.host.clone(),
+                path: r.url.path.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+                body: r.body.to_string(),
+            });
+            lock(&self.script).pop_front().unwrap_or_else(|| {
+                Ok(crate::channels::web::WebAnswer {
+                    status: 200,
+                    body: "ok".into(),
+                    ..Default::default()
+                })
+            })
+        })
+    }
 }

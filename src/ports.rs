@@ -5,8 +5,8 @@
 use std::future::Future;
 
 use crate::model::{
-    Contact, ContactId, Delivery, IdempotencyKey, NotificationEvent, NotificationSettings, Offer,
-    OfferId, OrgId,
+    Contact, ContactId, Delivery, IdempotencyKey, NotificationChannel, NotificationEvent,
+    NotificationSettings, Offer, OfferId, OrgId,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -54,6 +54,12 @@ pub struct SendError {
     /// retries), not the recipient: it is put back to be sent later, never
     /// recorded FAILED.
     pub throttled: bool,
+    /// True when the target answered that it is gone for good (a revoked
+    /// Slack hook, an archived channel, a webhook's 410): the organisation's
+    /// settings mark it disabled, so later events skip it until it is fixed.
+    pub disables_target: bool,
+    /// How long the target asked us to wait (`Retry-After`), when it did.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl SendError {
@@ -65,6 +71,8 @@ impl SendError {
             permanent: true,
             outcome_unknown: false,
             throttled: false,
+            disables_target: false,
+            retry_after: None,
         }
     }
     /// A refusal that a later attempt may overcome.
@@ -102,6 +110,15 @@ pub trait OfferStore: Send + Sync {
         &self,
         org: &OrgId,
     ) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send;
+    /// Marks the settings' target of `channel` (SLACK, MICROSOFT_TEAMS,
+    /// WEBHOOK) disabled with `reason`, when the settings still name one:
+    /// later events skip it, saying why, until someone removes the mark.
+    fn disable_target(
+        &self,
+        org: &OrgId,
+        channel: &NotificationChannel,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The contacts found among the IDs asked for.
@@ -400,6 +417,11 @@ pub struct WorkBatch {
     pub offer_id: String,
     pub batch_id: String,
     pub deliveries: Vec<WorkItem>,
+    /// Not to be worked before this time (epoch ms): a webhook's scheduled
+    /// retry. The queue delays the message by up to 15 minutes at a time; a
+    /// worker that receives it early sends it on again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<i64>,
 }
 
 /// The work queue (SQS in production). Object-safe, so the use case can hold
@@ -425,6 +447,9 @@ macro_rules! delegate {
             }
             fn settings(&self, org: &OrgId) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send {
                 (**self).settings(org)
+            }
+            fn disable_target(&self, org: &OrgId, channel: &NotificationChannel, reason: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).disable_target(org, channel, reason)
             }
         }
         impl<X: ContactStore + ?Sized> ContactStore for $wrapper {

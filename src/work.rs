@@ -16,7 +16,9 @@ use tracing::Instrument;
 use crate::model::{
     ContactId, Delivery, DeliveryStatus, EventStatus, IdempotencyKey, OfferId, OrgId,
 };
-use crate::notify::{Action, Announce, Hold, Notifier, failed_all, skipped, unconfirm};
+use crate::notify::{
+    Action, Announce, Hold, Notifier, WebhookWork, attempt_of, failed_all, skipped, unconfirm,
+};
 use crate::ports::{ContactStore, EventStore, IdempotencyStore, OfferStore, StoreError, WorkBatch};
 
 /// What became of one work message.
@@ -28,6 +30,9 @@ pub enum WorkDone {
     Closed(EventStatus),
     /// The event was already closed: nothing to do.
     AlreadyClosed,
+    /// A webhook attempt received before it is due: sent on with the rest of
+    /// its delay.
+    Deferred,
 }
 
 /// One message's work: what became of it, and the deliveries it recorded
@@ -143,6 +148,26 @@ where
             offer: offer_id,
             event_id,
         } = ids(batch)?;
+        if let Some(n) = attempt_of(&batch.batch_id)
+            && let [item] = batch.deliveries.as_slice()
+            && item.channel == crate::model::NotificationChannel::Webhook
+            && item.contact_id.is_none()
+        {
+            return Ok(match self.work_webhook(&org, batch, n, deadline).await? {
+                WebhookWork::Deferred => Worked {
+                    done: WorkDone::Deferred,
+                    recorded: Vec::new(),
+                },
+                WebhookWork::Nothing => Worked {
+                    done: WorkDone::AlreadyClosed,
+                    recorded: Vec::new(),
+                },
+                WebhookWork::Attempted(d) => Worked {
+                    done: WorkDone::Recorded,
+                    recorded: vec![d],
+                },
+            });
+        }
         let started = tokio::time::Instant::now();
         // The topic delivery publishes the whole event; the others need only
         // its head (reads that do not grow with the recipients).

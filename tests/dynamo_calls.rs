@@ -86,6 +86,7 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
             )),
             sms: std::sync::Arc::new(sns.clone()),
             topics: std::sync::Arc::new(sns),
+            web: std::sync::Arc::new(notify_offer_contacts::channels::WebTargets::unconfigured()),
         },
         concurrency: 16,
         rates: Default::default(),

@@ -308,11 +308,12 @@ async fn sns_channel_publishes_the_event_once_with_filter_attributes() {
 }
 
 #[tokio::test]
-async fn sns_without_a_topic_and_unbuilt_channels_are_skipped_not_errors() {
+async fn sns_without_a_topic_and_slack_without_a_target_are_skipped_not_errors() {
     let settings = NotificationSettings {
         channels: Some(vec![
             NotificationChannel::Sns,
             NotificationChannel::Slack,
+            NotificationChannel::Salesforce,
             NotificationChannel::Email,
         ]),
         ..Default::default()
@@ -326,12 +327,17 @@ async fn sns_without_a_topic_and_unbuilt_channels_are_skipped_not_errors() {
         vec![
             ("SNS".into(), "".into(), DeliveryStatus::Skipped),
             ("SLACK".into(), "".into(), DeliveryStatus::Skipped),
+            ("SALESFORCE".into(), "".into(), DeliveryStatus::Skipped),
             ("EMAIL".into(), "a".into(), DeliveryStatus::Sent),
         ]
     );
     assert_eq!(
         ds[1].reason.as_deref(),
-        Some("channel SLACK is not supported by this function")
+        Some("no slack target in the organization's notification settings")
+    );
+    assert_eq!(
+        ds[2].reason.as_deref(),
+        Some("channel SALESFORCE is not supported by this function")
     );
 }
 

@@ -277,6 +277,7 @@ async fn a_message_naming_no_known_event_fails_and_sends_nothing() {
         offer_id: "o1".into(),
         batch_id: "b00000".into(),
         deliveries: vec![],
+        not_before: None,
     };
     assert!(matches!(
         r.n.work(ghost.clone(), 1, None).await,
@@ -289,6 +290,7 @@ async fn a_message_naming_no_known_event_fails_and_sends_nothing() {
         offer_id: "o1".into(),
         batch_id: "b".into(),
         deliveries: vec![],
+        not_before: None,
     };
     assert!(matches!(
         r.n.work(bad.clone(), 1, None).await,

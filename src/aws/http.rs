@@ -30,7 +30,7 @@ type Hyper = Client<HttpsConnector<TcpConnector>, SdkBody>;
 
 /// The rustls configuration: the compiled-in roots, and `extra_pem` (the
 /// contents of `SSL_CERT_FILE`) when given.
-fn tls_config(extra_pem: Option<&[u8]>) -> rustls::ClientConfig {
+pub(crate) fn tls_config(extra_pem: Option<&[u8]>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

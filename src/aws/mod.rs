@@ -3,6 +3,7 @@
 
 pub mod dynamo;
 pub mod http;
+pub mod secrets;
 pub mod ses;
 pub mod sns;
 pub mod sqs;

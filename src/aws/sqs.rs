@@ -55,6 +55,7 @@ impl SqsQueue {
                         // Entry IDs only need to be unique within the call.
                         .id(i.to_string())
                         .message_body(bodies[i].as_deref().ok()?)
+                        .set_delay_seconds(delay_seconds(&chunk[i]))
                         .build()
                         .ok()
                 })
@@ -121,6 +122,16 @@ impl SqsQueue {
             })
             .collect()
     }
+}
+
+/// A message not to be worked before its `not_before`: delayed by the time
+/// left, 15 minutes at most (SQS's limit; a worker that gets it early sends
+/// it on again).
+fn delay_seconds(batch: &WorkBatch) -> Option<i32> {
+    let due = batch.not_before?;
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let left = ((due - now).max(0) + 999) / 1000;
+    (left > 0).then(|| left.min(900) as i32)
 }
 
 fn refusal(code: &str, message: &str, permanent: bool) -> SendError {

@@ -9,12 +9,23 @@
 //! | EMAIL | `email.rs` | the contact's `emailAddress` | `Mailer` (SES v2) |
 //! | SMS | `sms.rs` | the contact's `info.phoneNumber` (E.164) | `SmsSender` (SNS) |
 //! | SNS | `topic.rs` | the settings' `snsTopicArn` (this org's own topic) | `TopicPublisher` (SNS) |
-//! | SLACK, MICROSOFT_TEAMS, WEBHOOK, SALESFORCE, SUGER_SUPPORT | | | recorded skipped: not supported |
+//! | SLACK | `slack.rs` | the settings' `slack.secret`: a Secrets Manager secret holding the hook URL | `Poster` (HTTPS, SSRF-guarded) |
+//! | MICROSOFT_TEAMS | `teams.rs` | the settings' `microsoftTeams.secret` (a Workflows webhook URL) | `Poster` |
+//! | WEBHOOK | `webhook.rs` | the settings' `webhook.secret` (`{url, signingSecret}`); sent after the event closes | `Poster` |
+//! | SALESFORCE, SUGER_SUPPORT | | | recorded skipped: not supported by this function |
+//!
+//! `web.rs` holds what the three web channels share (secrets, the poster,
+//! per-target rates); `guard.rs` is the SSRF guard every outbound URL passes.
 
 pub mod email;
+pub mod guard;
 pub mod offer_text;
+pub mod slack;
 pub mod sms;
+pub mod teams;
 pub mod topic;
+pub mod web;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -30,6 +41,7 @@ use crate::ports::SendError;
 pub use email::{Mailer, OutgoingEmail};
 pub use sms::SmsSender;
 pub use topic::{TopicMessage, TopicPublisher};
+pub use web::{Poster, Secrets, WebTargets};
 
 /// The providers the channels send through: AWS in the Lambda, in-memory
 /// ones in tests.
@@ -38,6 +50,8 @@ pub struct Providers {
     pub mailer: Arc<dyn Mailer>,
     pub sms: Arc<dyn SmsSender>,
     pub topics: Arc<dyn TopicPublisher>,
+    /// Slack, Teams and webhooks: secrets, the guarded poster, per-target rates.
+    pub web: Arc<WebTargets>,
 }
 
 /// One planned send: a channel's message to one target.
@@ -52,6 +66,14 @@ pub(crate) enum Action {
         text: Arc<str>,
     },
     Topic(TopicMessage),
+    /// One message to an organisation's Slack or Teams webhook.
+    Chat {
+        channel: NotificationChannel,
+        org: String,
+        /// The target's name (its secret's last part).
+        target: String,
+        body: Arc<str>,
+    },
 }
 
 impl Action {
@@ -60,6 +82,7 @@ impl Action {
             Action::Email { .. } => NotificationChannel::Email,
             Action::Sms { .. } => NotificationChannel::Sms,
             Action::Topic(_) => NotificationChannel::Sns,
+            Action::Chat { channel, .. } => channel.clone(),
         }
     }
 
@@ -68,7 +91,7 @@ impl Action {
             Action::Email { contact_id, .. } | Action::Sms { contact_id, .. } => {
                 Some(contact_id.clone())
             }
-            Action::Topic(_) => None,
+            Action::Topic(_) | Action::Chat { .. } => None,
         }
     }
 
@@ -78,6 +101,12 @@ impl Action {
             Action::Email { email, .. } => p.mailer.send_email(email),
             Action::Sms { to, text, .. } => p.sms.send_sms(to, text),
             Action::Topic(m) => p.topics.publish(m),
+            Action::Chat {
+                channel,
+                org,
+                target,
+                body,
+            } => Box::pin(send_chat(&p.web, channel, org, target, body)),
         }
     }
 }
@@ -120,6 +149,16 @@ pub(crate) fn plan(
             NotificationChannel::Email => email::plan(&mut p),
             NotificationChannel::Sms => sms::plan(&mut p),
             NotificationChannel::Sns => topic::plan(&mut p),
+            NotificationChannel::Slack => slack::plan(&mut p),
+            NotificationChannel::MicrosoftTeams => teams::plan(&mut p),
+            // Sent once the event is closed (its body is the final event);
+            // only a target that cannot be used is decided now.
+            NotificationChannel::Webhook => {
+                if let Err(why) = webhook::target(settings) {
+                    p.decided
+                        .push(skipped(NotificationChannel::Webhook, None, why));
+                }
+            }
             other => p.decided.push(skipped(
                 other.clone(),
                 None,
@@ -140,4 +179,86 @@ pub(crate) fn unreadable(channel: NotificationChannel, contact_id: &str) -> Deli
     );
     d.status = DeliveryStatus::Failed;
     d
+}
+
+/// A Slack or Teams message for the settings' target, or why not: no
+/// target, a disabled one (with the reason it was disabled), a bad name.
+pub(crate) fn plan_web_target(p: &mut Planning<'_>, channel: NotificationChannel, body: Arc<str>) {
+    let Some(target) = p.settings.web_target(&channel) else {
+        let key = match channel {
+            NotificationChannel::Slack => "slack",
+            _ => "microsoftTeams",
+        };
+        p.decided.push(skipped(
+            channel,
+            None,
+            format!("no {key} target in the organization's notification settings"),
+        ));
+        return;
+    };
+    if let Some(d) = &target.disabled {
+        p.decided.push(skipped(
+            channel,
+            None,
+            format!(
+                "the target is disabled since {}: {}; fix it and remove `disabled` from the settings",
+                d.at, d.reason
+            ),
+        ));
+        return;
+    }
+    if !web::valid_target_name(&target.secret) {
+        let mut d = skipped(
+            channel,
+            None,
+            "the target's secret name is not valid (1-64 letters, digits, - or _)",
+        );
+        d.status = DeliveryStatus::Failed;
+        p.decided.push(d);
+        return;
+    }
+    p.actions.push(Action::Chat {
+        channel,
+        org: p.org.clone(),
+        target: target.secret.clone(),
+        body,
+    });
+}
+
+type Classify = fn(&web::WebAnswer) -> Result<String, SendError>;
+
+/// Reads the target, posts, and reads the answer with the channel's rules.
+/// A 429 whose `Retry-After` is short is waited for once.
+async fn send_chat(
+    web: &WebTargets,
+    channel: &NotificationChannel,
+    org: &str,
+    target: &str,
+    body: &Arc<str>,
+) -> Result<String, SendError> {
+    let (hosts, classify): (&[&str], Classify) = match channel {
+        NotificationChannel::Slack => (slack::HOSTS, slack::classify),
+        _ => (teams::HOSTS, teams::classify),
+    };
+    let (_, url) = web.target(org, target, Some(hosts)).await?;
+    let request = web::WebPost {
+        url,
+        headers: vec![("content-type", "application/json".into())],
+        body: body.clone(),
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let mut retried = false;
+    loop {
+        let answer = web.poster.post(&request).await?;
+        match classify(&answer) {
+            Err(e) if e.throttled && !retried => match e.retry_after {
+                Some(wait) if wait <= std::time::Duration::from_secs(3) => {
+                    retried = true;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Err(e),
+            },
+            result => return result,
+        }
+    }
 }

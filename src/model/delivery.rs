@@ -49,6 +49,17 @@ pub struct Delivery {
     /// The queue message (work batch) that carries this delivery, while it is queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
+    /// Attempts made so far (WEBHOOK, which is retried on a schedule); each
+    /// attempt's outcome is written here as it comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// When the next attempt is due (a QUEUED webhook waiting for its retry).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub retry_at: Option<OffsetDateTime>,
 }
 
 impl Delivery {

@@ -13,4 +13,6 @@ pub use ids::{
     ContactId, ContactIdList, EmailAddress, IdempotencyKey, InvalidValue, OfferId, OrgId,
     PhoneNumber,
 };
-pub use offer::{Contact, ContactInfo, NotificationSettings, Offer, OfferInfo};
+pub use offer::{
+    Contact, ContactInfo, Disabled, NotificationSettings, Offer, OfferInfo, WebTarget,
+};

@@ -67,9 +67,54 @@ pub struct NotificationSettings {
     pub sns_topic_arn: Option<String>,
     #[serde(default)]
     pub cc_contact_ids: Option<Vec<String>>,
+    /// The SLACK channel's incoming webhook, by reference to its secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<WebTarget>,
+    /// The MICROSOFT_TEAMS channel's Workflows webhook, by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microsoft_teams: Option<WebTarget>,
+    /// The WEBHOOK channel's endpoint (URL and signing secret), by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebTarget>,
+}
+
+/// A chat or webhook target named in the settings: `secret` is the name of
+/// the Secrets Manager secret that holds its URL (the credential, for Slack
+/// and Teams) and, for a webhook, its signing secret, under this deployment's
+/// prefix and the organisation's ID (`{SECRET_PREFIX}{orgId}/{secret}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebTarget {
+    #[serde(default)]
+    pub secret: String,
+    /// Set by this function when the target answered that it is gone
+    /// (revoked hook, archived channel, 410): later events skip it with the
+    /// reason until someone fixes the target and removes this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disabled {
+    #[serde(default)]
+    pub reason: String,
+    /// When (RFC 3339).
+    #[serde(default)]
+    pub at: String,
 }
 
 impl NotificationSettings {
+    /// The target the settings name for a chat or webhook channel.
+    pub fn web_target(&self, channel: &NotificationChannel) -> Option<&WebTarget> {
+        match channel {
+            NotificationChannel::Slack => self.slack.as_ref(),
+            NotificationChannel::MicrosoftTeams => self.microsoft_teams.as_ref(),
+            NotificationChannel::Webhook => self.webhook.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The channels to use: as configured (duplicates removed), EMAIL when none are.
     pub fn effective_channels(&self) -> Vec<NotificationChannel> {
         let mut out: Vec<NotificationChannel> = Vec::new();

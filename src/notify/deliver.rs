@@ -111,12 +111,29 @@ pub(crate) struct Delivered {
 /// of its calls.
 struct Lane<'a> {
     channel: NotificationChannel,
-    limiter: Option<&'a RateLimiter>,
+    limiter: Option<Limit<'a>>,
     waiting: VecDeque<(usize, Action)>,
     /// Sends of this channel announced or in flight.
     busy: usize,
     /// The channel's call time, averaged (seconds).
     latency: f64,
+}
+
+/// A lane's rate: its channel's bucket, or its target's (Slack, Teams),
+/// shared by every send to that target from this instance.
+enum Limit<'a> {
+    Channel(&'a RateLimiter),
+    Target(std::sync::Arc<RateLimiter>),
+}
+
+impl std::ops::Deref for Limit<'_> {
+    type Target = RateLimiter;
+    fn deref(&self) -> &RateLimiter {
+        match self {
+            Limit::Channel(l) => l,
+            Limit::Target(l) => l,
+        }
+    }
 }
 
 impl Lane<'_> {
@@ -125,7 +142,9 @@ impl Lane<'_> {
     fn slots(&self, max: usize) -> usize {
         match self.limiter {
             None => max,
-            Some(l) => ((l.per_second() * self.latency * 1.5).ceil() as usize + 1).clamp(1, max),
+            Some(ref l) => {
+                ((l.per_second() * self.latency * 1.5).ceil() as usize + 1).clamp(1, max)
+            }
         }
     }
 }
@@ -183,7 +202,7 @@ where
             match lanes.iter_mut().find(|l| l.channel == channel) {
                 Some(lane) => lane.waiting.push_back((i, a)),
                 None => lanes.push(Lane {
-                    limiter: self.limiter(&channel),
+                    limiter: self.limiter(&a),
                     channel,
                     waiting: VecDeque::from([(i, a)]),
                     busy: 0,
@@ -345,12 +364,48 @@ where
         out
     }
 
-    fn limiter(&self, channel: &NotificationChannel) -> Option<&RateLimiter> {
-        match channel {
-            NotificationChannel::Email => self.rates.email.as_ref(),
-            NotificationChannel::Sms => self.rates.sms.as_ref(),
-            NotificationChannel::Sns => self.rates.topic.as_ref(),
-            _ => None,
+    fn limiter(&self, action: &Action) -> Option<Limit<'_>> {
+        match action {
+            Action::Chat {
+                channel,
+                org,
+                target,
+                ..
+            } => self
+                .channels
+                .web
+                .limiter(channel, org, target)
+                .map(Limit::Target),
+            a => match a.channel() {
+                NotificationChannel::Email => self.rates.email.as_ref(),
+                NotificationChannel::Sms => self.rates.sms.as_ref(),
+                NotificationChannel::Sns => self.rates.topic.as_ref(),
+                _ => None,
+            }
+            .map(Limit::Channel),
+        }
+    }
+
+    /// Marks a target that answered it is gone disabled in the settings
+    /// (best effort: the delivery's FAILED reason says why either way).
+    pub(crate) async fn disable_target(
+        &self,
+        org: &str,
+        channel: &NotificationChannel,
+        e: &SendError,
+    ) {
+        let Ok(org) = OrgId::parse(org) else { return };
+        match self
+            .store
+            .disable_target(&org, channel, &e.to_string())
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(channel = %channel, code = %e.code, "target disabled in the organization's settings")
+            }
+            Err(err) => {
+                tracing::warn!(channel = %channel, error = %crate::error_chain(&err), "could not mark the target disabled")
+            }
         }
     }
 
@@ -455,6 +510,11 @@ where
                     ),
                 )),
             };
+            if let (Err(e), Action::Chat { channel, org, .. }) = (&result, &action)
+                && e.disables_target
+            {
+                self.disable_target(org, channel, e).await;
+            }
             (i, action, Some((result, started.elapsed())))
         })
     }
@@ -501,7 +561,11 @@ fn take_ready(
             {
                 continue;
             }
-            match lane.limiter.map_or(Ok(()), RateLimiter::try_take) {
+            match lane
+                .limiter
+                .as_deref()
+                .map_or(Ok(()), RateLimiter::try_take)
+            {
                 Ok(()) => {
                     group.extend(lane.waiting.pop_front());
                     lane.busy += 1;
@@ -598,6 +662,11 @@ fn outcome(action: &Action, result: Result<String, SendError>) -> Delivery {
     let channel = action.channel();
     let contact_id = action.contact_id();
     let (status, message_id, reason) = match result {
+        Ok(id) if channel == NotificationChannel::MicrosoftTeams => (
+            DeliveryStatus::Sent,
+            Some(id),
+            Some(crate::channels::teams::ACCEPTED.to_owned()),
+        ),
         Ok(id) => (DeliveryStatus::Sent, Some(id), None),
         Err(e) if e.outcome_unknown => {
             tracing::warn!(channel = %channel, contact_id = contact_id.as_deref().unwrap_or("-"), code = %e.code, "delivery outcome unknown; not retried");
@@ -623,5 +692,7 @@ fn outcome(action: &Action, result: Result<String, SendError>) -> Delivery {
         reason,
         time: now_millis(),
         batch: None,
+        attempts: None,
+        retry_at: None,
     }
 }

@@ -36,13 +36,14 @@ where
         let rated = per_channel
             .iter()
             .filter_map(|(c, n)| {
-                let limiter = match c {
-                    NotificationChannel::Email => self.rates.email.as_ref(),
-                    NotificationChannel::Sms => self.rates.sms.as_ref(),
-                    NotificationChannel::Sns => self.rates.topic.as_ref(),
-                    _ => None,
+                // A chat message goes to one target, at that target's rate.
+                let per_second = match c {
+                    NotificationChannel::Email => self.rates.email.as_ref().map(|l| l.per_second()),
+                    NotificationChannel::Sms => self.rates.sms.as_ref().map(|l| l.per_second()),
+                    NotificationChannel::Sns => self.rates.topic.as_ref().map(|l| l.per_second()),
+                    c => crate::channels::web::per_target_rate(c),
                 }?;
-                Some(*n as f64 / limiter.per_second())
+                Some(*n as f64 / per_second)
             })
             .fold(0.0_f64, f64::max);
         let rounds = channels.len().div_ceil(self.concurrency.max(1));
@@ -228,6 +229,7 @@ where
                 offer_id: event.entity_id.clone().unwrap_or_default(),
                 batch_id,
                 deliveries,
+                not_before: None,
             })
             .collect();
         all_batches.extend(new_batches);
@@ -335,6 +337,7 @@ where
         let status = conclude(&mut event, &ledger);
         if self.store.close_event(&event).await? {
             tracing::info!(status = %status, deliveries = ledger.len(), "event closed by the last work batch");
+            self.after_close(org, &event, None).await;
             Ok(Some(event))
         } else {
             // Another worker closed it first: exactly one close wins.
@@ -371,6 +374,7 @@ fn batches(
                 .iter()
                 .map(|a| work_item(event, a.channel(), a.contact_id()))
                 .collect(),
+            not_before: None,
         });
     }
     (batches, queued)

@@ -11,6 +11,7 @@ mod deliver;
 mod hand_off;
 mod plan;
 mod resume;
+mod webhook;
 
 pub use crate::channels::topic::{MAX_TOPIC_BYTES, TOPIC_CONTACT_IDS, allowed_topic, topic_body};
 pub use resume::{Sweeper, Swept};
@@ -40,6 +41,7 @@ pub(crate) use crate::channels::{Action, Providers};
 
 pub(crate) use deliver::{Announce, Hold};
 pub(crate) use hand_off::failed_all;
+pub(crate) use webhook::{WebhookWork, attempt_of};
 
 /// Deliveries listed inline in the event's `info.deliveries` at most; beyond
 /// that the ledger items alone hold them (keeps the event far below 400 KB).
@@ -261,6 +263,8 @@ impl Action {
             reason: None,
             time: now_millis(),
             batch: None,
+            attempts: None,
+            retry_at: None,
         }
     }
     /// The record written just before the send.
@@ -308,6 +312,8 @@ pub(crate) fn skipped(
         reason: Some(reason.into()),
         time: now_millis(),
         batch: None,
+        attempts: None,
+        retry_at: None,
     }
 }
 
@@ -521,6 +527,7 @@ where
             ..NotificationEvent::default()
         };
         let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
+        webhook::note_target(&mut event, &settings);
         event.contact_emails = Some(
             actions
                 .iter()
@@ -650,6 +657,11 @@ where
         }
         self.store.finish_event(&event).await?;
         tracing::info!(status = %status, "event finished");
+        if status != EventStatus::Pending
+            && let Some(d) = self.after_close(&org, &event, deadline).await
+        {
+            fresh.push(d);
+        }
         Ok(Notified::fresh(event, fresh))
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod receiver;
 pub mod runtime_api;
 
 use std::collections::HashMap;

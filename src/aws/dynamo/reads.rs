@@ -1,6 +1,7 @@
 //! Offers, contacts and the organisation's settings: the reads of a request.
 
 use super::*;
+use crate::model::NotificationChannel;
 
 impl OfferStore for DynamoStore {
     async fn offer(&self, org: &OrgId, offer: &OfferId) -> Result<Option<Offer>, StoreError> {
@@ -48,6 +49,56 @@ impl OfferStore for DynamoStore {
             .map(|i| serde_dynamo::from_item(i).map_err(malformed("read notification settings")))
             .transpose()?
             .unwrap_or_default())
+    }
+
+    async fn disable_target(
+        &self,
+        org: &OrgId,
+        channel: &NotificationChannel,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let Some(attr) = target_attribute(channel) else {
+            return Ok(());
+        };
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let disabled = AttributeValue::M(
+            [
+                (
+                    "reason".to_owned(),
+                    AttributeValue::S(reason.chars().take(500).collect()),
+                ),
+                ("at".to_owned(), AttributeValue::S(at)),
+            ]
+            .into(),
+        );
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), SETTINGS_SK.to_owned())))
+            .update_expression("SET #t.disabled = :d")
+            .condition_expression("attribute_exists(#t.secret)")
+            .expression_attribute_names("#t", attr)
+            .expression_attribute_values(":d", disabled)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if conditional_failed(&e) => Ok(()),
+            Err(e) => Err(unavailable("disable a target")(e)),
+        }
+    }
+}
+
+/// The settings' attribute that names a channel's target.
+fn target_attribute(channel: &NotificationChannel) -> Option<&'static str> {
+    match channel {
+        NotificationChannel::Slack => Some("slack"),
+        NotificationChannel::MicrosoftTeams => Some("microsoftTeams"),
+        NotificationChannel::Webhook => Some("webhook"),
+        _ => None,
     }
 }
 
