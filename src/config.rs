@@ -340,10 +340,11 @@ impl Config {
         if !secret_prefix
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_/.".contains(c))
+            || !(secret_prefix.is_empty() || secret_prefix.ends_with('/'))
         {
             return Err(ConfigError::Invalid {
                 name: "SECRET_PREFIX",
-                why: "it may hold letters, digits and - _ / . only".into(),
+                why: "it may hold letters, digits and - _ / . only, and must end with / (e.g. notify-offer-contacts/targets/)".into(),
             });
         }
         let test_only_local_targets: Vec<String> = non_empty("NOTIFY_TEST_ONLY_LOCAL_TARGETS")
@@ -352,6 +353,25 @@ impl Config {
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect();
+        if !test_only_local_targets.is_empty() {
+            // The SSRF guard's hole for tests: loopback receivers only, and
+            // never in a release build (what the stack deploys).
+            if !cfg!(debug_assertions) {
+                return Err(ConfigError::Invalid {
+                    name: "NOTIFY_TEST_ONLY_LOCAL_TARGETS",
+                    why: "it is for tests and the demo only; a release build never reaches local targets".into(),
+                });
+            }
+            if test_only_local_targets
+                .iter()
+                .any(|t| !crate::channels::guard::TestOnlyAllowance::valid_entry(t))
+            {
+                return Err(ConfigError::Invalid {
+                    name: "NOTIFY_TEST_ONLY_LOCAL_TARGETS",
+                    why: "each entry must be a loopback receiver: 127.0.0.1:PORT, [::1]:PORT or localhost:PORT".into(),
+                });
+            }
+        }
         Ok(Self {
             access,
             topic_arn_prefix,
@@ -509,5 +529,41 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn chat_targets_settings_are_checked() {
+        let base = [("TABLE_NAME", "t"), ("SENDER_EMAIL", "a@b.co")];
+        let with = |k: &'static str, v: &'static str| {
+            let mut l = base.to_vec();
+            l.push((k, v));
+            Config::from_lookup(lookup(&l))
+        };
+        assert_eq!(
+            with("SECRET_PREFIX", "notify/targets/")
+                .unwrap()
+                .secret_prefix,
+            "notify/targets/"
+        );
+        assert!(with("SECRET_PREFIX", "notify/targets").is_err());
+        assert!(with("SECRET_PREFIX", "notify/*").is_err());
+        // The SSRF guard's test hole: loopback only.
+        for bad in [
+            "hooks.slack.com:443",
+            "10.0.0.1:80",
+            "127.0.0.1",
+            "metadata:80",
+        ] {
+            assert!(
+                with("NOTIFY_TEST_ONLY_LOCAL_TARGETS", bad).is_err(),
+                "{bad}"
+            );
+        }
+        let c = with(
+            "NOTIFY_TEST_ONLY_LOCAL_TARGETS",
+            "127.0.0.1:8080, localhost:9",
+        )
+        .unwrap();
+        assert_eq!(c.test_only_local_targets, ["127.0.0.1:8080", "localhost:9"]);
     }
 }

@@ -85,6 +85,10 @@ impl MemoryStore {
         self.unreadable.insert((org.into(), id.into()));
         self
     }
+    /// Replaces an organisation's settings (an operator's edit).
+    pub fn put_settings(&self, org: &str, settings: NotificationSettings) {
+        lock(&self.settings).insert(org.into(), settings);
+    }
     pub fn with_settings(self, org: &str, settings: NotificationSettings) -> Self {
         lock(&self.settings).insert(org.into(), settings);
         self
@@ -237,6 +241,7 @@ impl OfferStore for MemoryStore {
         &self,
         org: &OrgId,
         channel: &crate::model::NotificationChannel,
+        name: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
         self.check(StoreOp::SaveDeliveries)?;
@@ -250,7 +255,7 @@ impl OfferStore for MemoryStore {
             crate::model::NotificationChannel::Webhook => s.webhook.as_mut(),
             _ => None,
         };
-        if let Some(t) = target {
+        if let Some(t) = target.filter(|t| t.secret == name) {
             t.disabled = Some(crate::model::Disabled {
                 reason: reason.to_owned(),
                 at: "now".into(),

@@ -191,7 +191,8 @@ where
             match timeout_at(end, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
-                        bytes.extend_from_slice(d);
+                        let room = ANSWER_BYTES - bytes.len();
+                        bytes.extend_from_slice(&d[..d.len().min(room)]);
                     }
                 }
                 _ => break,

@@ -111,12 +111,14 @@ pub trait OfferStore: Send + Sync {
         org: &OrgId,
     ) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send;
     /// Marks the settings' target of `channel` (SLACK, MICROSOFT_TEAMS,
-    /// WEBHOOK) disabled with `reason`, when the settings still name one:
-    /// later events skip it, saying why, until someone removes the mark.
+    /// WEBHOOK) disabled with `reason`, when the settings still name the
+    /// target `name` (a target set up since is left alone): later events
+    /// skip it, saying why, until someone removes the mark.
     fn disable_target(
         &self,
         org: &OrgId,
         channel: &NotificationChannel,
+        name: &str,
         reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -448,8 +450,8 @@ macro_rules! delegate {
             fn settings(&self, org: &OrgId) -> impl Future<Output = Result<NotificationSettings, StoreError>> + Send {
                 (**self).settings(org)
             }
-            fn disable_target(&self, org: &OrgId, channel: &NotificationChannel, reason: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-                (**self).disable_target(org, channel, reason)
+            fn disable_target(&self, org: &OrgId, channel: &NotificationChannel, name: &str, reason: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).disable_target(org, channel, name, reason)
             }
         }
         impl<X: ContactStore + ?Sized> ContactStore for $wrapper {

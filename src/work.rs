@@ -59,6 +59,8 @@ pub enum WorkError {
     InFlightElsewhere(usize),
     #[error("the provider's quota refused {0} deliveries; they are queued again")]
     Throttled(usize),
+    #[error("a webhook message due later could not be sent on ({0})")]
+    Requeue(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -413,3 +413,90 @@ async fn a_hand_off_whose_ledger_write_failed_on_the_wire_is_rebuilt_by_the_keye
     assert_eq!((env.moto.emails().len(), env.moto.sms().len()), (2, 2));
     assert_eq!(env.moto.topic_messages().len(), 1);
 }
+
+/// The webhook's retry outlives the invocation: attempt 1 is a queue message;
+/// its 503 queues attempt 2 with `DelaySeconds` (SQS, not the function,
+/// holds it back); attempt 2 is delivered with the same `webhook-id`.
+#[tokio::test]
+async fn a_webhook_503_is_retried_through_sqs_with_a_delay_and_the_same_id() {
+    use common::receiver::{Answer, Receiver};
+    let (mut env, q) = queued_env().await;
+    let hook = Receiver::start().await;
+    env.config.secret_prefix = "t/".into();
+    env.config.test_only_local_targets = vec![hook.target()];
+    env.app = notify_offer_contacts::app(&env.sdk, &env.config);
+    common::seed(
+        &env.sdk,
+        &env.table,
+        &common::read_json("tests/fixtures/chat-org.json"),
+    )
+    .await;
+    let sm = aws_sdk_secretsmanager::Client::new(&env.sdk);
+    sm.create_secret()
+        .name("t/org-chat/erp")
+        .secret_string(
+            json!({"url": hook.url("/hooks"), "signingSecret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Only the webhook: the other targets have no secrets here.
+    let answer = env
+        .invoke(json!({"orgId": "org-chat", "offerId": "offer-chat"}))
+        .await
+        .unwrap();
+    let event_id = answer["eventID"].as_str().unwrap().to_owned();
+    assert!(
+        hook.arrived().is_empty(),
+        "the answer does not wait for the endpoint"
+    );
+
+    hook.then(Answer::status(503, ""));
+    let (event, handles) = receive(&q, &q.work).await;
+    assert_eq!(handles.len(), 1, "attempt 1 is one message");
+    let failed = work(&env, event).await;
+    settle(&q, &handles, &failed).await;
+    assert_eq!(hook.arrived().len(), 1);
+    let entry = |items: Vec<Value>| {
+        items
+            .into_iter()
+            .find(|i| i["channel"] == "WEBHOOK")
+            .unwrap()
+    };
+    let w = entry(
+        env.items("org-chat", &format!("DELIVERY#{event_id}#"))
+            .await,
+    );
+    assert_eq!(
+        (w["status"].as_str(), w["attempts"].as_u64()),
+        (Some("QUEUED"), Some(1))
+    );
+    assert!(w["retryAt"].is_string());
+
+    // SQS holds attempt 2 back for its delay.
+    let (_, early) = receive(&q, &q.work).await;
+    assert!(early.is_empty(), "attempt 2 was visible before its delay");
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    let (event, handles) = receive(&q, &q.work).await;
+    assert_eq!(handles.len(), 1);
+    let failed = work(&env, event).await;
+    settle(&q, &handles, &failed).await;
+    let arrived = hook.arrived();
+    assert_eq!(arrived.len(), 2);
+    assert_eq!(
+        arrived[0].header("webhook-id"),
+        arrived[1].header("webhook-id")
+    );
+    assert_ne!(arrived[0].header("webhook-timestamp"), None);
+    let w = entry(
+        env.items("org-chat", &format!("DELIVERY#{event_id}#"))
+            .await,
+    );
+    assert_eq!(
+        (w["status"].as_str(), w["attempts"].as_u64()),
+        (Some("SENT"), Some(2))
+    );
+    let (_, rest) = receive(&q, &q.work).await;
+    assert!(rest.is_empty());
+}

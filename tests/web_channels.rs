@@ -423,19 +423,30 @@ async fn webhook_retries_go_through_the_queue_with_the_same_id_until_it_answers(
         (DeliveryStatus::Queued, Some("wh1"))
     );
 
+    // Two messages for attempt 1: one due now, and a safety message due in
+    // 2 minutes (it would carry the webhook had this run died after the close).
+    let m = queue.drain();
+    assert_eq!(m.len(), 2);
+    let (now, safety): (Vec<_>, Vec<_>) = m.into_iter().partition(|m| m.not_before.is_none());
+    assert_eq!(now[0].batch_id, "wh1");
+    let in_2_min =
+        safety[0].not_before.unwrap() - time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    assert!((100_000..=121_000).contains(&in_2_min), "{in_2_min}");
+    let m = now;
+
     // Attempt 1: 503, so attempt 2 is queued 5 s later.
     r.poster.status(503, "");
-    let m = queue.drain();
-    assert_eq!(m.len(), 1);
     let w = r.n.work(m[0].clone(), 1, None).await.unwrap();
     assert_eq!(w.done, WorkDone::Recorded);
     let d = delivery(&r, &event, NotificationChannel::Webhook);
     assert_eq!((d.status, d.attempts), (DeliveryStatus::Queued, Some(1)));
     assert!(d.reason.as_deref().unwrap().contains("503"));
     assert!(d.retry_at.is_some());
-    // The same message again (a redelivery) posts nothing.
+    // The same message again (a redelivery), and the safety message, post nothing.
     let again = r.n.work(m[0].clone(), 2, None).await.unwrap();
     assert_eq!(again.done, WorkDone::AlreadyClosed);
+    let late = r.n.work(safety[0].clone(), 1, None).await.unwrap();
+    assert_eq!(late.done, WorkDone::AlreadyClosed);
 
     // Received before it is due: sent on, nothing posted.
     let m = queue.drain();
@@ -608,7 +619,11 @@ async fn handed_off_events_send_slack_from_a_worker_and_the_webhook_after_the_cl
         delivery(&r, &event, NotificationChannel::Slack).status,
         DeliveryStatus::Sent
     );
-    let m = queue.drain();
+    let m: Vec<_> = queue
+        .drain()
+        .into_iter()
+        .filter(|m| m.not_before.is_none())
+        .collect();
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].batch_id, "wh1");
     r.n.work(m[0].clone(), 1, None).await.unwrap();
@@ -621,4 +636,93 @@ async fn handed_off_events_send_slack_from_a_worker_and_the_webhook_after_the_cl
         delivery(&r, &event, NotificationChannel::Webhook).status,
         DeliveryStatus::Sent
     );
+}
+
+/// The first attempt of a queued run, due now (the safety message is dropped).
+fn attempt_1(queue: &MemoryQueue) -> notify_offer_contacts::ports::WorkBatch {
+    queue
+        .drain()
+        .into_iter()
+        .find(|m| m.not_before.is_none())
+        .expect("attempt 1 due now")
+}
+
+#[tokio::test]
+async fn a_store_failure_at_the_close_leaves_the_webhook_owed_and_its_safety_message_waits() {
+    let r = rig(
+        vec![NotificationChannel::Email, NotificationChannel::Webhook],
+        true,
+    );
+    let queue = r.queue.clone().unwrap();
+    r.store.fail(memory::StoreOp::FinishEvent);
+    assert!(r.n.notify(cmd()).await.is_err());
+    let event = r.store.events().remove(0);
+    assert_eq!(event.event_status, Some(EventStatus::Pending));
+    // Owed before the close: on record, with its safety message queued.
+    let d = delivery(&r, &event, NotificationChannel::Webhook);
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::Queued, Some(0)));
+    let m = queue.drain();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].not_before.is_some());
+    // Delivered while the event is still PENDING: it waits (sent on), posts nothing.
+    let w = r.n.work(m[0].clone(), 1, None).await.unwrap();
+    assert_eq!(w.done, WorkDone::Deferred);
+    assert!(r.poster.posted().is_empty());
+    assert_eq!(queue.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_checks_the_settings_again_and_disabling_spares_a_new_target() {
+    let r = rig(vec![NotificationChannel::Webhook], true);
+    let queue = r.queue.clone().unwrap();
+    let event = r.n.notify(cmd()).await.unwrap();
+    let m = attempt_1(&queue);
+    // Since the event, the organisation replaced its webhook target.
+    let org = OrgId::parse(ORG).unwrap();
+    let mut settings = r.store.settings(&org).await.unwrap();
+    settings.webhook = target("erp-v2");
+    r.store.put_settings(ORG, settings);
+    r.n.work(m, 1, None).await.unwrap();
+    assert!(r.poster.posted().is_empty());
+    let d = delivery(&r, &event, NotificationChannel::Webhook);
+    assert_eq!(d.status, DeliveryStatus::Failed);
+    assert!(d.reason.unwrap().contains("another webhook target"));
+
+    // A 410 from the old target's URL does not disable the new one.
+    use notify_offer_contacts::ports::OfferStore as _;
+    r.store
+        .disable_target(&org, &NotificationChannel::Webhook, "erp", "gone")
+        .await
+        .unwrap();
+    let settings = r.store.settings(&org).await.unwrap();
+    assert_eq!(settings.webhook.unwrap().disabled, None);
+}
+
+#[tokio::test]
+async fn an_attempt_left_sending_by_a_dead_worker_counts_as_failed_and_the_next_is_queued() {
+    let r = rig(vec![NotificationChannel::Webhook], true);
+    let queue = r.queue.clone().unwrap();
+    let event = r.n.notify(cmd()).await.unwrap();
+    let event_id = event.event_id.clone().unwrap();
+    let m = attempt_1(&queue);
+    // A worker took attempt 1 a minute ago and died.
+    let mut taken = delivery(&r, &event, NotificationChannel::Webhook);
+    taken.status = DeliveryStatus::Sending;
+    taken.time -= time::Duration::minutes(2);
+    r.store.put_delivery(&event_id, taken.clone());
+    let w = r.n.work(m.clone(), 2, None).await.unwrap();
+    assert_eq!(w.done, WorkDone::Recorded);
+    let d = delivery(&r, &event, NotificationChannel::Webhook);
+    assert_eq!(
+        (d.status, d.batch.as_deref()),
+        (DeliveryStatus::Queued, Some("wh2"))
+    );
+    assert!(d.reason.unwrap().contains("AttemptLost"));
+    assert!(r.poster.posted().is_empty());
+    assert_eq!(queue.len(), 1);
+
+    // One taken moments ago is someone else's, still running: not touched.
+    taken.time = time::OffsetDateTime::now_utc();
+    r.store.put_delivery(&event_id, taken);
+    assert!(r.n.work(m, 3, None).await.is_err());
 }

@@ -11,11 +11,27 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// resolved (`public_only`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TargetUrl {
-    pub scheme_https: bool,
-    pub host: String,
-    pub port: u16,
+    pub(crate) scheme_https: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Path and query, e.g. `/services/T000/B000/XXXX`.
-    pub path: String,
+    pub(crate) path: String,
+}
+
+/// Built only by `check_url`; read-only outside this crate.
+impl TargetUrl {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    pub fn is_https(&self) -> bool {
+        self.scheme_https
+    }
 }
 
 /// Never prints the URL: for Slack and Teams it is the credential.
@@ -34,6 +50,16 @@ pub struct TestOnlyAllowance {
 }
 
 impl TestOnlyAllowance {
+    /// Whether an entry is acceptable at all: a loopback receiver
+    /// (`127.0.0.1`, `[::1]` or `localhost`, with a port), nothing else.
+    pub fn valid_entry(entry: &str) -> bool {
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return false;
+        };
+        matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    }
+
     pub fn allows(&self, host: &str, port: u16) -> bool {
         self.local_targets
             .iter()
@@ -73,7 +99,8 @@ pub fn check_url(
         return Err("a URL with a fragment is not allowed");
     }
     let (host, port) = split_host_port(authority)?;
-    let host = host.to_ascii_lowercase();
+    // One trailing dot (the root) is the same name; more is not a name.
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let default_port = if scheme_https { 443 } else { 80 };
     let port = port.unwrap_or(default_port);
     let local = allowance.allows(&host, port);
@@ -137,7 +164,7 @@ fn host_is_a_name(host: &str) -> Result<(), Refusal> {
     if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
         return Err("the host is an address, not a name");
     }
-    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    let labels: Vec<&str> = host.split('.').collect();
     let valid_label = |l: &&str| {
         !l.is_empty()
             && l.len() <= 63
@@ -204,6 +231,13 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
         return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
     }
+    // Local-use NAT64 (64:ff9b:1::/48) and IPv4-translated (::ffff:0:a.b.c.d):
+    // never a public endpoint.
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0)
+    {
+        return false;
+    }
     if s[0] == 0x2002 {
         return is_public_v4(Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32));
     }
@@ -264,6 +298,9 @@ mod tests {
             "https:///x",
             "https://hooks.example.com:0/x",
             "https://-bad-.example.com/x",
+            "https://hooks.example.com../x",
+            "https://hooks%2eexample.com/x",
+            "https://hooks.example.com\\@evil.example/x",
         ] {
             refused(url);
         }

@@ -75,7 +75,11 @@ pub fn message_id(event_id: &str) -> String {
 /// `v1,<base64 HMAC-SHA256>` over `{id}.{timestamp}.{body}`, keyed with the
 /// base64 part of a `whsec_` secret; `None` when the secret is not one.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String> {
-    let key = B64.decode(secret.trim().strip_prefix("whsec_")?).ok()?;
+    let encoded = secret.trim().strip_prefix("whsec_")?;
+    let key = B64
+        .decode(encoded)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded))
+        .ok()?;
     if key.len() < 16 {
         return None;
     }
@@ -107,6 +111,19 @@ pub fn body(event: &NotificationEvent) -> String {
         e.info = None;
         e.message = None;
         out = serde_json::to_string(&e).unwrap_or_else(|_| "{}".into());
+    }
+    if out.len() > MAX_BODY_BYTES {
+        // Only seller-controlled texts can still be this long: the event's
+        // identity and status, nothing else.
+        out = serde_json::json!({
+            "eventID": event.event_id,
+            "organizationID": event.organization_id,
+            "entityType": event.entity_type,
+            "entityID": event.entity_id,
+            "eventStatus": event.event_status,
+            "info": {"truncated": true, "contactCount": count},
+        })
+        .to_string();
     }
     out
 }

@@ -392,12 +392,13 @@ where
         &self,
         org: &str,
         channel: &NotificationChannel,
+        name: &str,
         e: &SendError,
     ) {
         let Ok(org) = OrgId::parse(org) else { return };
         match self
             .store
-            .disable_target(&org, channel, &e.to_string())
+            .disable_target(&org, channel, name, &e.to_string())
             .await
         {
             Ok(()) => {
@@ -510,10 +511,20 @@ where
                     ),
                 )),
             };
-            if let (Err(e), Action::Chat { channel, org, .. }) = (&result, &action)
+            if let (
+                Err(e),
+                Action::Chat {
+                    channel,
+                    org,
+                    target,
+                    ..
+                },
+            ) = (&result, &action)
                 && e.disables_target
             {
-                self.disable_target(org, channel, e).await;
+                // Best effort, bounded by the call's own end: never past the deadline.
+                let disable = self.disable_target(org, channel, target, e);
+                let _ = tokio::time::timeout_at(end, disable).await;
             }
             (i, action, Some((result, started.elapsed())))
         })

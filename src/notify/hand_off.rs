@@ -95,6 +95,14 @@ where
         ledger.extend(queued);
         let (summary, _, _) = summarise(&ledger);
         let mut info = Map::new();
+        // Whoever closes the event sends its webhook: the target's name stays.
+        if let Some(target) = event
+            .info
+            .as_ref()
+            .and_then(|i| i.get(crate::channels::webhook::INFO_TARGET))
+        {
+            info.insert(crate::channels::webhook::INFO_TARGET.into(), target.clone());
+        }
         info.insert("deliverySummary".into(), Value::Object(summary));
         info.insert("deliveryCount".into(), json!(ledger.len()));
         event.info = Some(info);
@@ -314,6 +322,7 @@ where
         else {
             return Ok(None);
         };
+        let ledger = super::without_webhook(ledger);
         if event.event_status != Some(EventStatus::Pending) {
             return Ok(None);
         }
@@ -335,9 +344,12 @@ where
             return Ok(None);
         }
         let status = conclude(&mut event, &ledger);
+        let webhook = self.owe_webhook(org, &event).await?;
         if self.store.close_event(&event).await? {
             tracing::info!(status = %status, deliveries = ledger.len(), "event closed by the last work batch");
-            self.after_close(org, &event, None).await;
+            if webhook {
+                self.dispatch_webhook(org, &event, None).await;
+            }
             Ok(Some(event))
         } else {
             // Another worker closed it first: exactly one close wins.

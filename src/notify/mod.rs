@@ -41,7 +41,7 @@ pub(crate) use crate::channels::{Action, Providers};
 
 pub(crate) use deliver::{Announce, Hold};
 pub(crate) use hand_off::failed_all;
-pub(crate) use webhook::{WebhookWork, attempt_of};
+pub(crate) use webhook::{WebhookWork, attempt_of, without_webhook};
 
 /// Deliveries listed inline in the event's `info.deliveries` at most; beyond
 /// that the ledger items alone hold them (keeps the event far below 400 KB).
@@ -483,6 +483,7 @@ where
                 .event_with_deliveries(&cmd.org_id, &event_id)
                 .instrument(span.clone())
                 .await?
+                .map(|(e, ledger)| (e, without_webhook(ledger)))
         {
             return Box::pin(
                 self.resume(stored, ledger, cmd.deadline, resume::Trigger::KeyedRetry)
@@ -655,11 +656,10 @@ where
             let sweeps = sweeps(&event);
             set_lease(&mut event, now_millis() + self.policy.sync_lease, sweeps);
         }
+        let webhook = status != EventStatus::Pending && self.owe_webhook(&org, &event).await?;
         self.store.finish_event(&event).await?;
         tracing::info!(status = %status, "event finished");
-        if status != EventStatus::Pending
-            && let Some(d) = self.after_close(&org, &event, deadline).await
-        {
+        if webhook && let Some(d) = self.dispatch_webhook(&org, &event, deadline).await {
             fresh.push(d);
         }
         Ok(Notified::fresh(event, fresh))

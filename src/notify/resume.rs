@@ -92,7 +92,7 @@ where
                 .instrument(span.clone())
                 .await
             {
-                Ok(Some(s)) => s,
+                Ok(Some((event, ledger))) => (event, super::without_webhook(ledger)),
                 Ok(None) => {
                     swept.skipped += 1;
                     continue;
@@ -424,8 +424,14 @@ where
         all: Vec<Delivery>,
         recorded: Vec<Delivery>,
     ) -> Result<Notified, NotifyError> {
-        conclude(&mut event, &all);
+        let status = conclude(&mut event, &all);
+        let (org, _) = event_ids(&event)?;
+        let webhook = status != EventStatus::Pending && self.owe_webhook(&org, &event).await?;
         self.store.finish_event(&event).await?;
+        let mut recorded = recorded;
+        if webhook && let Some(d) = self.dispatch_webhook(&org, &event, None).await {
+            recorded.push(d);
+        }
         Ok(Notified::fresh(event, recorded))
     }
 
@@ -528,7 +534,10 @@ where
             return Ok(Notified::fresh(event, written));
         }
         conclude(&mut event, &ledger);
-        self.store.close_event(&event).await?;
+        let webhook = self.owe_webhook(&org, &event).await?;
+        if self.store.close_event(&event).await? && webhook {
+            self.dispatch_webhook(&org, &event, None).await;
+        }
         Ok(Notified::fresh(event, written))
     }
 }
@@ -563,6 +572,8 @@ fn planned_from_event(event: &NotificationEvent) -> Vec<Delivery> {
                 out.extend(ids.iter().chain(&cc).map(|c| entry(Some(c))));
             }
             NotificationChannel::Sms => out.extend(ids.iter().map(|c| entry(Some(c)))),
+            // Sent after the close, with its own entry: never "planned" here.
+            NotificationChannel::Webhook => {}
             _ => out.push(entry(None)),
         }
     }

@@ -55,6 +55,7 @@ impl OfferStore for DynamoStore {
         &self,
         org: &OrgId,
         channel: &NotificationChannel,
+        name: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
         let Some(attr) = target_attribute(channel) else {
@@ -79,8 +80,9 @@ impl OfferStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(org_pk(org), SETTINGS_SK.to_owned())))
             .update_expression("SET #t.disabled = :d")
-            .condition_expression("attribute_exists(#t.secret)")
+            .condition_expression("#t.secret = :name")
             .expression_attribute_names("#t", attr)
+            .expression_attribute_values(":name", AttributeValue::S(name.to_owned()))
             .expression_attribute_values(":d", disabled)
             .send()
             .await;
