@@ -9,7 +9,7 @@ pub fn init() {
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned())
         .to_lowercase();
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(&level);
     let text = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -25,4 +25,26 @@ pub fn init() {
             .with_span_list(true)
             .try_init()
     };
+}
+
+/// The level asked for, with the SDK's and hyper's own lines capped at DEBUG:
+/// at TRACE the SDK prints raw response bodies (a contact's address in a
+/// DynamoDB answer), which must never reach a log, whatever the level.
+pub fn filter(level: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    for cap in [
+        "aws_smithy_runtime=debug",
+        "aws_smithy_runtime_api=debug",
+        "aws_smithy_http_client=debug",
+        "aws_runtime=debug",
+        "hyper=info",
+        "hyper_util=info",
+        "h2=info",
+        "rustls=info",
+    ] {
+        if let Ok(d) = cap.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
 }
