@@ -32,6 +32,11 @@ pub fn init() {
 /// DynamoDB answer), which must never reach a log, whatever the level.
 pub fn filter(level: &str) -> EnvFilter {
     let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Directives set levels (they do not cap): add them only where TRACE was
+    // asked for, so a quieter level stays quiet.
+    if !level.to_ascii_lowercase().contains("trace") {
+        return filter;
+    }
     for cap in [
         "aws_smithy_runtime=debug",
         "aws_smithy_runtime_api=debug",
@@ -47,4 +52,23 @@ pub fn filter(level: &str) -> EnvFilter {
         }
     }
     filter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_levels_stay_quiet_and_trace_is_capped_for_the_sdk() {
+        assert_eq!(
+            filter("warn").max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::WARN)
+        );
+        assert_eq!(
+            filter("info").max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::INFO)
+        );
+        let trace = filter("trace").to_string();
+        assert!(trace.contains("aws_smithy_runtime=debug"), "{trace}");
+    }
 }
