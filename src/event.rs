@@ -35,6 +35,9 @@ pub struct DirectInvocation {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub created_by: Option<CreatedBy>,
+    /// Answer what would happen; store, send, queue and claim nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// A direct invocation's failure, as the Lambda error the invoker sees.
@@ -196,7 +199,7 @@ fn parse_direct(payload: Value) -> Result<DirectInvocation, DirectError> {
         // and errors are logged: describe the expected shape instead.
         .map_err(|_| {
             DirectError::BadRequest(
-                "the direct invocation must be {\"orgId\": string, \"offerId\": string, \"contactIds\": [string] or null, \"idempotencyKey\": string, \"createdBy\": object}".into(),
+                "the direct invocation must be {\"orgId\": string, \"offerId\": string, \"contactIds\": [string] or null, \"idempotencyKey\": string, \"createdBy\": object, \"dryRun\": boolean}".into(),
             )
         })
 }
@@ -466,6 +469,7 @@ fn direct_command(
             .transpose()
             .map_err(bad)?,
         created_by: inv.created_by,
+        dry_run: inv.dry_run,
     })
 }
 

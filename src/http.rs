@@ -196,6 +196,18 @@ pub fn command(req: &Request, access: &Access) -> Result<NotifyCommand, ApiError
                 })?,
         ),
     };
+    let dry_run = match req
+        .query_string_parameters_ref()
+        .and_then(|q| q.first("dryRun"))
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "the dryRun query parameter must be true or false".into(),
+            ));
+        }
+    };
     Ok(NotifyCommand {
         org_id,
         offer_id,
@@ -203,6 +215,7 @@ pub fn command(req: &Request, access: &Access) -> Result<NotifyCommand, ApiError
         created_by: caller.created_by,
         idempotency_key,
         deadline: req.lambda_context_ref().and_then(crate::event::deadline),
+        dry_run,
     })
 }
 

@@ -31,9 +31,21 @@ impl Outcome {
     /// invocation recorded, and nothing for a replayed answer.
     pub fn answered(n: &Notified) -> Self {
         let (summary, _, _) = crate::notify::summarise(&n.recorded);
+        // A dry run sent nothing and created nothing: no recipients counted.
+        let dry = n
+            .event
+            .info
+            .as_ref()
+            .is_some_and(|i| i.get("dryRun") == Some(&Value::Bool(true)));
         Self {
-            label: if n.replay { "replay" } else { "ok" },
-            event: (!n.replay).then(|| n.event.clone()),
+            label: if n.replay {
+                "replay"
+            } else if dry {
+                "dry_run"
+            } else {
+                "ok"
+            },
+            event: (!n.replay && !dry).then(|| n.event.clone()),
             deliveries: Some(summary),
             oldest_pending_age_seconds: None,
         }

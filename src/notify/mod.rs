@@ -8,6 +8,7 @@
 //! queue), `resume` (a keyed retry, the sweeper).
 
 mod deliver;
+mod dry_run;
 mod hand_off;
 mod plan;
 mod resume;
@@ -60,6 +61,8 @@ pub struct NotifyCommand {
     /// When the Lambda will be stopped: every send ends, and the answer
     /// comes, before it.
     pub deadline: Option<tokio::time::Instant>,
+    /// Answer what would happen; store, send, queue and claim nothing.
+    pub dry_run: bool,
 }
 
 impl NotifyCommand {
@@ -72,6 +75,7 @@ impl NotifyCommand {
             created_by: None,
             idempotency_key: None,
             deadline: None,
+            dry_run: false,
         }
     }
 }
@@ -317,6 +321,15 @@ pub(crate) fn skipped(
     }
 }
 
+/// A request read and planned, nothing written yet.
+pub(crate) struct Prepared {
+    pub(crate) event: NotificationEvent,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) decided: Vec<Delivery>,
+    /// Recipients and cc contacts, for the hand-off decision.
+    pub(crate) recipients: usize,
+}
+
 /// The recipients, resolved: who gets what.
 pub(crate) struct Recipients {
     /// Contact IDs to notify, in request (or offer) order.
@@ -400,6 +413,11 @@ where
 {
     /// The idempotency key's part: claim it, replay, refuse, or resume.
     async fn keyed(&self, cmd: NotifyCommand) -> Result<Notified, NotifyError> {
+        if cmd.dry_run {
+            // Checked like a real request, but no key is claimed: a dry run
+            // never stands in for the real one.
+            return self.dry_run(&cmd).await;
+        }
         let Some(key) = cmd.idempotency_key.clone() else {
             return self.run(&cmd, new_event_id(), false).await;
         };
@@ -491,6 +509,53 @@ where
             )
             .await;
         }
+        let Prepared {
+            mut event,
+            actions,
+            decided,
+            recipients,
+        } = self.prepare(cmd, &event_id).await?;
+        let now = event.timestamp.unwrap_or_else(now_millis);
+
+        // From here on every log line names the event.
+        async move {
+            if let Some(queue) = self.queue.as_deref()
+                && self.should_queue(recipients, &actions)
+            {
+                return Box::pin(self.hand_off(
+                    queue,
+                    event,
+                    actions,
+                    decided,
+                    cmd.idempotency_key.as_ref(),
+                ))
+                .await;
+            }
+            // A PENDING event always carries its lease: if this run dies, the
+            // sweeper (or a keyed retry) finishes it after the lease.
+            set_lease(&mut event, now + self.policy.sync_lease, 0);
+            record_key(&mut event, cmd.idempotency_key.as_ref());
+            match self.store.create_event(&event).await {
+                // The event ID is new to this run: a conflict is our own earlier
+                // attempt that landed after timing out.
+                Err(StoreError::Conflict { .. }) => {}
+                other => other?,
+            }
+            Box::pin(self.deliver_and_record(event, actions, decided, Vec::new(), cmd.deadline))
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// What a request would do, read and planned but nothing written: the
+    /// offer and settings (read in parallel), the recipients (every check of
+    /// the request made), the event as it would be stored, and the plan.
+    pub(crate) async fn prepare(
+        &self,
+        cmd: &NotifyCommand,
+        event_id: &str,
+    ) -> Result<Prepared, NotifyError> {
         let (offer, settings) = tokio::try_join!(
             self.store.offer(&cmd.org_id, &cmd.offer_id),
             self.store.settings(&cmd.org_id)
@@ -513,7 +578,7 @@ where
             entity_status: offer.status.clone(),
             partner: offer.partner.clone(),
             organization_id: Some(cmd.org_id.to_string()),
-            event_id: Some(event_id.clone()),
+            event_id: Some(event_id.to_owned()),
             event_status: Some(EventStatus::Pending),
             contact_ids: Some(recipients.ids.clone()),
             cc_contact_ids: (!recipients.cc_ids.is_empty()).then(|| recipients.cc_ids.clone()),
@@ -539,36 +604,13 @@ where
                 .collect(),
         );
 
-        // From here on every log line names the event.
-        async move {
-            if let Some(queue) = self.queue.as_deref() {
-                let recipients = recipients.ids.len() + recipients.cc_ids.len();
-                if self.should_queue(recipients, &actions) {
-                    return Box::pin(self.hand_off(
-                        queue,
-                        event,
-                        actions,
-                        decided,
-                        cmd.idempotency_key.as_ref(),
-                    ))
-                    .await;
-                }
-            }
-            // A PENDING event always carries its lease: if this run dies, the
-            // sweeper (or a keyed retry) finishes it after the lease.
-            set_lease(&mut event, now + self.policy.sync_lease, 0);
-            record_key(&mut event, cmd.idempotency_key.as_ref());
-            match self.store.create_event(&event).await {
-                // The event ID is new to this run: a conflict is our own earlier
-                // attempt that landed after timing out.
-                Err(StoreError::Conflict { .. }) => {}
-                other => other?,
-            }
-            Box::pin(self.deliver_and_record(event, actions, decided, Vec::new(), cmd.deadline))
-                .await
-        }
-        .instrument(span)
-        .await
+        let recipients = recipients.ids.len() + recipients.cc_ids.len();
+        Ok(Prepared {
+            event,
+            actions,
+            decided,
+            recipients,
+        })
     }
 
     /// Delivers with the send engine, then stores the outcome. What the
