@@ -97,7 +97,11 @@ impl SesMailer {
         let out = self
             .client
             .send_email()
-            .from_email_address(self.sender.as_str())
+            .from_email_address(crate::channels::email::mailbox(
+                email.from_name.as_deref(),
+                self.sender.as_str(),
+            ))
+            .set_reply_to_addresses(email.reply_to.as_ref().map(|r| vec![r.as_str().to_owned()]))
             .destination(
                 Destination::builder()
                     .to_addresses(email.to.as_str())

@@ -22,6 +22,61 @@ pub struct OutgoingEmail {
     pub html: String,
     /// Name/value pairs for SES message tags (used with a configuration set).
     pub tags: Vec<(String, String)>,
+    /// The organisation's display name for the sender, checked
+    /// (`sender_identity`); the address is always the verified sender.
+    pub from_name: Option<String>,
+    /// The organisation's Reply-To address, checked.
+    pub reply_to: Option<EmailAddress>,
+}
+
+/// The sender's display name at most this long.
+pub const SENDER_NAME_CHARS: usize = 64;
+
+/// The settings' `senderName` and `replyTo`, checked: a display name of 1-64
+/// printable characters without quotes, backslashes, angle brackets, commas
+/// or semicolons (nothing that could end the header or add an address), and
+/// one valid address. `Err` is why, for the EMAIL deliveries' reason.
+pub fn sender_identity(
+    settings: &crate::model::NotificationSettings,
+) -> Result<(Option<String>, Option<EmailAddress>), String> {
+    let name = match settings.sender_name.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(n) => {
+            let ok = n.chars().count() <= SENDER_NAME_CHARS
+                && !n.chars().any(|c| {
+                    c.is_control() || matches!(c, '"' | '\\' | '<' | '>' | ',' | ';' | '@')
+                });
+            if !ok {
+                return Err(format!(
+                    "senderName in the organization's settings is not valid: 1-{SENDER_NAME_CHARS} characters, no quotes, backslashes, angle brackets, commas, semicolons, @ or line breaks"
+                ));
+            }
+            Some(n.to_owned())
+        }
+    };
+    let reply_to = match settings.reply_to.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(r) => Some(EmailAddress::parse(r).map_err(|_| {
+            "replyTo in the organization's settings is not one valid email address".to_owned()
+        })?),
+    };
+    Ok((name, reply_to))
+}
+
+/// The From header's mailbox: `"Name" <address>`, the name as an RFC 2047
+/// encoded word when it is not ASCII (SES requires it).
+pub fn mailbox(name: Option<&str>, address: &str) -> String {
+    match name {
+        None => address.to_owned(),
+        Some(n) if n.is_ascii() => format!("\"{n}\" <{address}>"),
+        Some(n) => {
+            use base64::Engine as _;
+            format!(
+                "=?UTF-8?B?{}?= <{address}>",
+                base64::engine::general_purpose::STANDARD.encode(n.as_bytes())
+            )
+        }
+    }
 }
 
 /// Sends one email; the answer is the provider's message id.
@@ -84,6 +139,7 @@ pub fn render(offer: &Offer, contact: Option<&Contact>) -> EmailContent {
 pub(crate) fn plan(p: &mut Planning<'_>) {
     let channel = NotificationChannel::Email;
     let r = p.recipients;
+    let identity = sender_identity(p.settings);
     for (id, is_cc) in r
         .ids
         .iter()
@@ -126,6 +182,15 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
                 }
             },
         };
+        let (from_name, reply_to) = match &identity {
+            Ok(i) => i.clone(),
+            Err(why) => {
+                let mut d = skipped(channel.clone(), Some(id), why.clone());
+                d.status = crate::model::DeliveryStatus::Failed;
+                p.decided.push(d);
+                continue;
+            }
+        };
         let content = render(p.offer, Some(contact));
         p.actions.push(Action::Email {
             contact_id: id.clone(),
@@ -139,6 +204,8 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
                     ("eventID".into(), p.event_id.clone()),
                     ("contactId".into(), id.clone()),
                 ],
+                from_name,
+                reply_to,
             },
         });
     }

@@ -67,6 +67,13 @@ pub struct NotificationSettings {
     pub sns_topic_arn: Option<String>,
     #[serde(default)]
     pub cc_contact_ids: Option<Vec<String>>,
+    /// The display name emails come from (`"Acme via Marketplace"
+    /// <sender>`); the address stays the verified sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// The one address replies to emails go to (the seller's rep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
     /// The SLACK channel's incoming webhook, by reference to its secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<WebTarget>,

@@ -90,6 +90,8 @@ fn decided_json(d: &Delivery) -> Value {
 fn preview(a: &Action) -> Value {
     match a {
         Action::Email { email, .. } => json!({
+            "fromName": email.from_name,
+            "replyTo": email.reply_to.as_ref().map(|r| r.as_str()),
             "to": email.to.as_str(),
             "subject": email.subject,
             "text": email.text,

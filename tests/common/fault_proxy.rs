@@ -50,6 +50,8 @@ struct Rule {
 struct State {
     rules: Vec<Rule>,
     calls: Vec<(String, bool)>,
+    /// Each call's request body, by operation.
+    bodies: Vec<(String, Bytes)>,
 }
 
 pub struct FaultProxy {
@@ -116,6 +118,18 @@ impl FaultProxy {
             .iter()
             .filter(|(o, f)| o == op && *f)
             .count()
+    }
+
+    /// The request bodies of `op`'s calls, in order (what the wire carried).
+    pub fn bodies(&self, op: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .bodies
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect()
     }
 
     /// How many calls of `op` passed through the proxy, faulted or not.
@@ -296,6 +310,7 @@ async fn handle(
             }
         }
         st.calls.push((op.clone(), chosen.is_some()));
+        st.bodies.push((op.clone(), body.clone()));
         chosen
     };
     let delay = match fault {
