@@ -153,3 +153,35 @@ async fn content_is_bounded_no_key_is_claimed_and_nothing_is_queued() {
         .unwrap_err();
     assert!(matches!(e, NotifyError::NotOnOffer { .. }));
 }
+
+#[tokio::test]
+async fn what_would_fail_is_listed_first_and_counted_by_reason() {
+    let store = offer_with(600).with_settings(
+        "org1",
+        NotificationSettings {
+            channels: Some(vec![NotificationChannel::Sms, NotificationChannel::Email]),
+            sender_name: Some("Acme <evil@x.example>".into()),
+            ..NotificationSettings::default()
+        },
+    );
+    let n = memory::notifier(Arc::new(store), Arc::new(MemoryProvider::default()), 8);
+    let answer = n
+        .notify(NotifyCommand {
+            dry_run: true,
+            ..NotifyCommand::new(OrgId::parse("org1").unwrap(), OfferId::parse("o1").unwrap())
+        })
+        .await
+        .unwrap();
+    let info = answer.info.unwrap();
+    let p = info["plan"].as_array().unwrap();
+    assert_eq!(p.len(), 500);
+    assert_eq!(p[0]["status"], "FAILED");
+    assert!(p[0]["reason"].as_str().unwrap().contains("senderName"));
+    assert_eq!(info["decidedDeliveries"], 600);
+    let reasons = info["decidedReasons"].as_object().unwrap();
+    assert_eq!(
+        reasons.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        600
+    );
+    assert!(p.iter().any(|d| d["status"] == "PLANNED"));
+}

@@ -96,11 +96,29 @@ fn display_names_are_checked_and_encoded() {
         "a, b",
         "x@y.example",
         &"n".repeat(65),
+        "support\u{FF20}bank.example",
+        "Acme\u{202E}lapyap",
+        "Acme\u{2028}Bcc",
+        "=?UTF-8?B?PGV2aWw+?=",
     ] {
         assert!(sender_identity(&s(bad, "")).is_err(), "{bad:?}");
     }
     assert!(sender_identity(&s("Acme", "a@b.example, c@d.example")).is_err());
     assert!(sender_identity(&s("Acme", "a@b.example\nBcc: c@d.example")).is_err());
+    assert!(sender_identity(&s("Acme", "rép@acmé.example")).is_err());
+    assert!(sender_identity(&s("Acme", "a\\@b.example")).is_err());
+    // A long non-ASCII name: encoded words of at most 75 characters each.
+    let cjk = "市场".repeat(32);
+    let m = mailbox(Some(&cjk), "o@s.example");
+    assert!(
+        m.split(' ')
+            .filter(|w| w.starts_with("=?"))
+            .all(|w| w.len() <= 75),
+        "{m}"
+    );
+    assert!(m.split(' ').filter(|w| w.starts_with("=?")).count() > 1);
+    let emoji = mailbox(Some("Acme 🚀 Deals"), "o@s.example");
+    assert!(emoji.starts_with("=?UTF-8?B?") && emoji.ends_with(" <o@s.example>"));
     let (name, reply) = sender_identity(&s("Acme via Marketplace", "rep@acme.example")).unwrap();
     assert_eq!(
         mailbox(name.as_deref(), "offers@seller.example.com"),

@@ -42,9 +42,16 @@ pub fn sender_identity(
     let name = match settings.sender_name.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) => {
+            // Nothing that could end the header or add an address, and
+            // nothing that makes a look-alike: format characters (bidi
+            // overrides, zero-width), line separators, the full-width @, and
+            // no encoded-word of its own.
             let ok = n.chars().count() <= SENDER_NAME_CHARS
+                && !n.contains("=?")
                 && !n.chars().any(|c| {
-                    c.is_control() || matches!(c, '"' | '\\' | '<' | '>' | ',' | ';' | '@')
+                    c.is_control()
+                        || matches!(c, '"' | '\\' | '<' | '>' | ',' | ';' | '@' | '\u{FF20}' | '\u{FE6B}')
+                        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
                 });
             if !ok {
                 return Err(format!(
@@ -56,6 +63,13 @@ pub fn sender_identity(
     };
     let reply_to = match settings.reply_to.as_deref().map(str::trim) {
         None | Some("") => None,
+        // SES takes 7-bit addresses only (Punycode domains).
+        Some(r) if !r.is_ascii() || r.contains(['\\', '(', ')', '[', ']']) => {
+            return Err(
+                "replyTo in the organization's settings is not one valid ASCII email address"
+                    .to_owned(),
+            );
+        }
         Some(r) => Some(EmailAddress::parse(r).map_err(|_| {
             "replyTo in the organization's settings is not one valid email address".to_owned()
         })?),
@@ -70,11 +84,28 @@ pub fn mailbox(name: Option<&str>, address: &str) -> String {
         None => address.to_owned(),
         Some(n) if n.is_ascii() => format!("\"{n}\" <{address}>"),
         Some(n) => {
+            // Encoded words of at most 75 characters: 45 bytes of UTF-8 each,
+            // cut on character boundaries.
             use base64::Engine as _;
-            format!(
-                "=?UTF-8?B?{}?= <{address}>",
-                base64::engine::general_purpose::STANDARD.encode(n.as_bytes())
-            )
+            let mut words = Vec::new();
+            let mut chunk = String::new();
+            for c in n.chars() {
+                if chunk.len() + c.len_utf8() > 45 {
+                    words.push(std::mem::take(&mut chunk));
+                }
+                chunk.push(c);
+            }
+            words.push(chunk);
+            let encoded: Vec<String> = words
+                .iter()
+                .map(|w| {
+                    format!(
+                        "=?UTF-8?B?{}?=",
+                        base64::engine::general_purpose::STANDARD.encode(w.as_bytes())
+                    )
+                })
+                .collect();
+            format!("{} <{address}>", encoded.join(" "))
         }
     }
 }

@@ -31,8 +31,22 @@ where
         } = self.prepare(cmd, "dry-run").await?;
         let queued = self.queue.is_some() && self.should_queue(recipients, &actions);
         let planned = actions.len();
-        let mut listed: Vec<Value> = Vec::new();
-        for (i, a) in actions.iter().take(DRY_RUN_LISTED).enumerate() {
+        // What will not go out first (a bad setting must not hide behind
+        // hundreds of planned sends), then the planned ones.
+        let mut listed: Vec<Value> = decided
+            .iter()
+            .take(DRY_RUN_LISTED / 2)
+            .map(decided_json)
+            .collect();
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        for d in &decided {
+            let r = d.reason.clone().unwrap_or_default();
+            if reasons.len() < 20 || reasons.contains_key(&r) {
+                *reasons.entry(r).or_default() += 1;
+            }
+        }
+        let room = DRY_RUN_LISTED.saturating_sub(listed.len());
+        for (i, a) in actions.iter().take(room).enumerate() {
             let mut d = json!({
                 "channel": a.channel(),
                 "contactId": a.contact_id(),
@@ -43,12 +57,11 @@ where
             }
             listed.push(d);
         }
-        let room = DRY_RUN_LISTED.saturating_sub(listed.len());
-        listed.extend(decided.iter().take(room).map(decided_json));
         let mut info = Map::new();
         info.insert("dryRun".into(), json!(true));
         info.insert("plannedDeliveries".into(), json!(planned));
         info.insert("decidedDeliveries".into(), json!(decided.len()));
+        info.insert("decidedReasons".into(), json!(reasons));
         info.insert(
             "contentOmitted".into(),
             json!(planned.saturating_sub(DRY_RUN_CONTENT)),
@@ -86,8 +99,35 @@ fn decided_json(d: &Delivery) -> Value {
     })
 }
 
-/// What the recipient of a planned delivery would get.
+/// A previewed text field at most this long (`truncated` says when cut):
+/// 20 previews stay far below Lambda's 6 MB answer whatever the offer holds.
+pub const PREVIEW_FIELD_BYTES: usize = 8 * 1024;
+
+/// What the recipient of a planned delivery would get, each text bounded.
 fn preview(a: &Action) -> Value {
+    let mut v = full_preview(a);
+    let mut truncated = false;
+    if let Some(o) = v.as_object_mut() {
+        for field in o.values_mut() {
+            if let Value::String(s) = field
+                && s.len() > PREVIEW_FIELD_BYTES
+            {
+                let mut end = PREVIEW_FIELD_BYTES;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+                truncated = true;
+            }
+        }
+        if truncated {
+            o.insert("truncated".into(), Value::Bool(true));
+        }
+    }
+    v
+}
+
+fn full_preview(a: &Action) -> Value {
     match a {
         Action::Email { email, .. } => json!({
             "fromName": email.from_name,
@@ -105,7 +145,8 @@ fn preview(a: &Action) -> Value {
         }),
         Action::Chat { target, body, .. } => json!({
             "target": target,
-            "body": serde_json::from_str::<Value>(body).unwrap_or(Value::Null),
+            // As sent (JSON text), so the field bound applies to it too.
+            "body": body.as_ref(),
         }),
     }
 }
