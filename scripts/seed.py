@@ -1,4 +1,4 @@
-"""Creates the table of CONTRACT.md on a local stand-in and seeds the demo
+"""Creates the table of docs/contract.md on a local stand-in and seeds the demo
 organisation from tests/fixtures/demo-org.json (the same data the tests use),
 then verifies the sender identity in SES and creates the org's SNS topic.
 

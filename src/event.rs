@@ -20,7 +20,7 @@ use crate::ports::WorkBatch;
 use crate::tracking::{OpenTracker, Recorded};
 use crate::work::Work;
 
-/// The direct invocation of CONTRACT.md -> Inputs (also an EventBridge
+/// The direct invocation of docs/contract.md -> Inputs (also an EventBridge
 /// event's `detail`). Checked as strictly as the HTTP body: a key it does
 /// not know is refused, not ignored.
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! HTTP request -> command, result -> HTTP response. Every answer is JSON:
 //! the NotificationEvent on 200, a plain JSON string saying what is wrong
-//! otherwise (CONTRACT.md -> Outputs).
+//! otherwise (docs/contract.md -> Outputs).
 
 use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::request::RequestContext;

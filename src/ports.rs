@@ -21,7 +21,7 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
-    /// An item was read but does not have the shape of CONTRACT.md.
+    /// An item was read but does not have the shape of docs/contract.md.
     #[error("{op}: stored item is malformed: {detail}")]
     Malformed { op: &'static str, detail: String },
     /// A batch call still had unprocessed entries after every retry.
@@ -143,7 +143,7 @@ pub trait ContactStore: Send + Sync {
     ) -> impl Future<Output = Result<Contacts, StoreError>> + Send;
 }
 
-/// The state of one idempotency key (CONTRACT-scoped to the organisation).
+/// The state of one idempotency key (scoped to the organisation, docs/contract.md).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IdempotencyRecord {

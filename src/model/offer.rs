@@ -1,5 +1,5 @@
 //! The stored neighbours of an event: the offer, its contacts and the
-//! organisation's notification settings, as CONTRACT.md lays them out.
+//! organisation's notification settings, as docs/contract.md lays them out.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The one table of CONTRACT.md, through the DynamoDB SDK, by item kind:
+//! The one table of docs/contract.md, through the DynamoDB SDK, by item kind:
 //! `reads.rs` (offers, contacts, settings), `keys.rs` (idempotency keys),
 //! `events.rs` (events, their lease and the sweeper's index, opens),
 //! `ledger.rs` (deliveries), `work.rs` (work batches). Every key starts with
