@@ -4,7 +4,7 @@
 //! answer, disabled targets, the webhook's retries through the queue, and no
 //! secret in the logs at DEBUG.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,6 +18,8 @@ use notify_offer_contacts::model::*;
 use notify_offer_contacts::notify::{Notifier, NotifyCommand, NotifyContacts};
 use notify_offer_contacts::ports::{OfferStore, SendError};
 use notify_offer_contacts::work::{Work, WorkDone};
+
+mod common;
 
 const ORG: &str = "org1";
 const SLACK_URL: &str = "https://hooks.slack.com/services/T0001/B0001/SLACKSECRETTOKEN";
@@ -533,14 +535,14 @@ async fn a_3xx_is_a_failure_and_a_connection_error_is_retried() {
 
 #[tokio::test]
 async fn secrets_are_read_once_per_ttl_and_never_logged_at_debug() {
-    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || Sink(sink.clone()))
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = common::LogSink::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(logs.clone())
+            .finish(),
+    );
 
     let r = rig(
         vec![
@@ -560,7 +562,7 @@ async fn secrets_are_read_once_per_ttl_and_never_logged_at_debug() {
     // Three targets, two events: three reads (the cache serves the rest).
     assert_eq!(r.secrets.reads.load(std::sync::atomic::Ordering::SeqCst), 3);
 
-    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.len() > 1000, "the test must see the logs");
     for secret in [
         "SLACKSECRETTOKEN",
@@ -571,17 +573,6 @@ async fn secrets_are_read_once_per_ttl_and_never_logged_at_debug() {
         "ann@buyer.example",
     ] {
         assert!(!text.contains(secret), "{secret} reached the logs");
-    }
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

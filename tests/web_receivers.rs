@@ -400,21 +400,21 @@ async fn a_slow_target_times_out_as_an_unknown_outcome() {
 /// target, and no address, reaches a log line.
 #[tokio::test]
 async fn no_target_secret_or_address_reaches_the_logs_at_trace() {
-    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(notify_offer_contacts::telemetry::filter("trace"))
-        .with_writer(move || Sink(sink.clone()))
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = common::LogSink::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(notify_offer_contacts::telemetry::filter("trace"))
+            .with_writer(logs.clone())
+            .finish(),
+    );
     let (env, t) = chat_env().await;
     t.slack.then(Answer::status(404, "channel_not_found"));
     env.invoke_file("direct-notify-chat-org.json")
         .await
         .unwrap();
     assert_eq!(t.hook.arrived().len(), 1);
-    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("GetSecretValue"),
         "the SDK's DEBUG lines must be captured"
@@ -427,16 +427,5 @@ async fn no_target_secret_or_address_reaches_the_logs_at_trace() {
         "dan@buyer.example.com",
     ] {
         assert!(!text.contains(secret), "{secret} reached the logs");
-    }
-}
-
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-impl std::io::Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
