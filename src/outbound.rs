@@ -38,11 +38,7 @@ impl HttpsPoster {
 
     /// Trusting the compiled-in roots and `SSL_CERT_FILE`'s.
     pub fn from_env(allowance: TestOnlyAllowance) -> Self {
-        let extra = std::env::var_os("SSL_CERT_FILE").and_then(|p| std::fs::read(p).ok());
-        Self::new(
-            Arc::new(crate::aws::http::tls_config(extra.as_deref())),
-            allowance,
-        )
+        Self::new(crate::aws::http::tls_from_env(), allowance)
     }
 
     async fn post_once(&self, r: &WebPost) -> Result<WebAnswer, SendError> {

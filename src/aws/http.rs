@@ -30,7 +30,7 @@ type Hyper = Client<HttpsConnector<TcpConnector>, SdkBody>;
 
 /// The rustls configuration: the compiled-in roots, and `extra_pem` (the
 /// contents of `SSL_CERT_FILE`) when given.
-pub(crate) fn tls_config(extra_pem: Option<&[u8]>) -> rustls::ClientConfig {
+fn tls_config(extra_pem: Option<&[u8]>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -49,6 +49,24 @@ pub(crate) fn tls_config(extra_pem: Option<&[u8]>) -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
+/// The TLS configuration of every outbound connection (the SDK clients and
+/// the chat and webhook poster): built once per process, `SSL_CERT_FILE`
+/// read once.
+pub(crate) fn tls_from_env() -> Arc<rustls::ClientConfig> {
+    static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let extra = std::env::var_os("SSL_CERT_FILE").and_then(|path| {
+            std::fs::read(&path)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "SSL_CERT_FILE cannot be read; ignored"),
+                )
+                .ok()
+        });
+        Arc::new(tls_config(extra.as_deref()))
+    })
+    .clone()
+}
+
 /// The HTTP client every SDK client of the function shares (one connection
 /// pool, one TLS configuration).
 #[derive(Debug, Clone)]
@@ -61,14 +79,10 @@ pub struct WebPkiClient {
 impl WebPkiClient {
     /// The client, trusting the compiled-in roots and `SSL_CERT_FILE`'s.
     pub fn from_env() -> Self {
-        let extra = std::env::var_os("SSL_CERT_FILE").and_then(|path| {
-            std::fs::read(&path)
-                .inspect_err(
-                    |e| tracing::warn!(error = %e, "SSL_CERT_FILE cannot be read; ignored"),
-                )
-                .ok()
-        });
-        Self::new(extra.as_deref())
+        Self {
+            tls: tls_from_env(),
+            clients: Arc::default(),
+        }
     }
 
     pub fn new(extra_pem: Option<&[u8]>) -> Self {

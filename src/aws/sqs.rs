@@ -129,7 +129,7 @@ impl SqsQueue {
 /// it on again).
 fn delay_seconds(batch: &WorkBatch) -> Option<i32> {
     let due = batch.not_before?;
-    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let now = crate::model::event::epoch_ms(time::OffsetDateTime::now_utc());
     let left = ((due - now).max(0) + 999) / 1000;
     (left > 0).then(|| left.min(900) as i32)
 }

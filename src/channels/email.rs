@@ -245,19 +245,7 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{OfferInfo, Partner};
-
-    fn offer(name: &str, url: Option<&str>) -> Offer {
-        Offer {
-            id: "o1".into(),
-            name: Some(name.into()),
-            partner: Some(Partner::Aws),
-            info: Some(OfferInfo {
-                private_offer_url: url.map(str::to_owned),
-            }),
-            ..Offer::default()
-        }
-    }
+    use crate::channels::offer_text::tests::offer;
 
     #[test]
     fn html_escapes_offer_data() {

@@ -105,7 +105,7 @@ pub fn message(offer: &Offer) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{OfferInfo, Partner};
 

@@ -63,6 +63,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A new entry in `status`, stamped now; the optional fields unset.
+    pub fn new(
+        channel: NotificationChannel,
+        contact_id: Option<String>,
+        status: DeliveryStatus,
+    ) -> Self {
+        Self {
+            channel,
+            contact_id,
+            status,
+            message_id: None,
+            reason: None,
+            time: crate::model::event::now_millis(),
+            batch: None,
+            attempts: None,
+            retry_at: None,
+        }
+    }
     /// True once nothing more will happen to it: sent, skipped, failed or unconfirmed.
     pub fn is_settled(&self) -> bool {
         !matches!(

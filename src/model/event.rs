@@ -112,6 +112,11 @@ pub fn now_millis() -> OffsetDateTime {
         .unwrap_or(now)
 }
 
+/// A time as epoch milliseconds (leases, locks, queue delays).
+pub fn epoch_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

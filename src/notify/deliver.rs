@@ -28,7 +28,6 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use crate::model::event::now_millis;
 use crate::model::{Delivery, DeliveryStatus, NotificationChannel, OrgId};
 use crate::ports::{ContactStore, EventStore, OfferStore, SendError, StoreError, Written};
 use crate::rate::RateLimiter;
@@ -695,15 +694,8 @@ fn outcome(action: &Action, result: Result<String, SendError>) -> Delivery {
             (DeliveryStatus::Failed, None, Some(e.to_string()))
         }
     };
-    Delivery {
-        channel,
-        contact_id,
-        status,
-        message_id,
-        reason,
-        time: now_millis(),
-        batch: None,
-        attempts: None,
-        retry_at: None,
-    }
+    let mut d = Delivery::new(channel, contact_id, status);
+    d.message_id = message_id;
+    d.reason = reason;
+    d
 }

@@ -259,17 +259,7 @@ pub struct Notifier<S> {
 impl Action {
     /// The entry in `status`, for this action's delivery.
     pub(crate) fn entry(&self, status: DeliveryStatus) -> Delivery {
-        Delivery {
-            channel: self.channel(),
-            contact_id: self.contact_id(),
-            status,
-            message_id: None,
-            reason: None,
-            time: now_millis(),
-            batch: None,
-            attempts: None,
-            retry_at: None,
-        }
+        Delivery::new(self.channel(), self.contact_id(), status)
     }
     /// The record written just before the send.
     pub(crate) fn intent(&self) -> Delivery {
@@ -308,17 +298,13 @@ pub(crate) fn skipped(
     contact_id: Option<&str>,
     reason: impl Into<String>,
 ) -> Delivery {
-    Delivery {
+    let mut d = Delivery::new(
         channel,
-        contact_id: contact_id.map(str::to_owned),
-        status: DeliveryStatus::Skipped,
-        message_id: None,
-        reason: Some(reason.into()),
-        time: now_millis(),
-        batch: None,
-        attempts: None,
-        retry_at: None,
-    }
+        contact_id.map(str::to_owned),
+        DeliveryStatus::Skipped,
+    );
+    d.reason = Some(reason.into());
+    d
 }
 
 /// A request read and planned, nothing written yet.
@@ -713,7 +699,7 @@ fn new_event_id() -> String {
 }
 
 fn epoch_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    crate::model::event::epoch_ms(OffsetDateTime::now_utc())
 }
 
 /// What a request asks for, independent of ID order and duplicates: the same

@@ -70,7 +70,7 @@ where
     async fn sweep(&self, deadline: Option<tokio::time::Instant>) -> Result<Swept, StoreError> {
         let now = now_millis();
         let found = self.store.stale_events(now, SWEEP_LIMIT).await?;
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = crate::model::event::epoch_ms(now);
         let mut swept = Swept {
             stale: found.stale.len(),
             oldest_pending_age_seconds: found.oldest_pending_ms.map(|t| (now_ms - t) / 1000),
@@ -195,7 +195,7 @@ where
                 return Err(NotifyError::EventBusy(event_id));
             }
             if let Some(key) = super::event_key(&event) {
-                let now_ms = (now_millis().unix_timestamp_nanos() / 1_000_000) as i64;
+                let now_ms = crate::model::event::epoch_ms(now_millis());
                 let lock_ms = self.policy.sync_lease.as_millis() as i64;
                 match self
                     .store

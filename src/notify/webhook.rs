@@ -30,7 +30,7 @@ use crate::channels::web::WebPost;
 use crate::channels::webhook::{
     self as hook, BATCH_PREFIX, INFO_TARGET, MAX_ATTEMPTS, TIMEOUT, next_wait,
 };
-use crate::model::event::now_millis;
+use crate::model::event::{epoch_ms, now_millis};
 use crate::model::{
     Delivery, DeliveryStatus, EventStatus, NotificationChannel, NotificationEvent,
     NotificationSettings, OrgId,
@@ -99,25 +99,14 @@ pub(crate) fn attempt_of(batch_id: &str) -> Option<u32> {
 }
 
 fn entry(status: DeliveryStatus, attempts: u32, batch: Option<String>) -> Delivery {
-    Delivery {
-        channel: NotificationChannel::Webhook,
-        contact_id: None,
-        status,
-        message_id: None,
-        reason: None,
-        time: now_millis(),
-        batch,
-        attempts: Some(attempts),
-        retry_at: None,
-    }
+    let mut d = Delivery::new(NotificationChannel::Webhook, None, status);
+    d.batch = batch;
+    d.attempts = Some(attempts);
+    d
 }
 
 fn batch_of(n: u32) -> String {
     format!("{BATCH_PREFIX}{n}")
-}
-
-fn epoch_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// What a worker did with a webhook message.

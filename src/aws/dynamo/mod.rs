@@ -339,6 +339,4 @@ fn conditional_failed<E: ProvideErrorMetadata, R>(
     e.code() == Some("ConditionalCheckFailedException")
 }
 
-fn epoch_ms(t: time::OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
+use crate::model::event::epoch_ms;
