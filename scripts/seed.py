@@ -1,5 +1,6 @@
 """Creates the table of docs/contract.md on a local stand-in and seeds the demo
-organisation from tests/fixtures/demo-org.json (the same data the tests use),
+organisations from tests/fixtures/demo-org.json and brand-org.json (the same
+data the tests use),
 then verifies the sender identity in SES and creates the org's SNS topic.
 
 usage: seed.py ENDPOINT TABLE SENDER
@@ -31,11 +32,13 @@ table = ddb.create_table(
     }],
     BillingMode="PAY_PER_REQUEST",
 )
-fixture = json.loads((pathlib.Path(__file__).parent.parent / "tests/fixtures/demo-org.json").read_text())
+fixtures = pathlib.Path(__file__).parent.parent / "tests/fixtures"
+# org-demo (the built-in wording) and org-brand (its own templates).
+items = [i for f in ("demo-org.json", "brand-org.json") for i in json.loads((fixtures / f).read_text())["items"]]
 with table.batch_writer() as batch:
-    for item in fixture["items"]:
+    for item in items:
         batch.put_item(Item=item)
 
 boto3.client("sesv2", **kw).create_email_identity(EmailIdentity=sender)
 boto3.client("sns", **kw).create_topic(Name="notify-org-demo")
-print(f"seeded table {table_name}: {len(fixture['items'])} items (org-demo: offer-demo with c-ann, c-bob, c-cat)")
+print(f"seeded table {table_name}: {len(items)} items (org-demo: offer-demo with c-ann, c-bob, c-cat; org-brand: offer-brand with c-eve, c-fay, its own templates)")

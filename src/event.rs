@@ -38,6 +38,9 @@ pub struct DirectInvocation {
     /// Answer what would happen; store, send, queue and claim nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Names to short values, stored on the event and read by templates.
+    #[serde(default)]
+    pub custom_fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A direct invocation's failure, as the Lambda error the invoker sees.
@@ -470,6 +473,11 @@ fn direct_command(
             .map_err(bad)?,
         created_by: inv.created_by,
         dry_run: inv.dry_run,
+        custom_fields: inv
+            .custom_fields
+            .map(crate::model::CustomFields::parse)
+            .transpose()
+            .map_err(bad)?,
     })
 }
 

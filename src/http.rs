@@ -216,6 +216,10 @@ pub fn command(req: &Request, access: &Access) -> Result<NotifyCommand, ApiError
         idempotency_key,
         deadline: req.lambda_context_ref().and_then(crate::event::deadline),
         dry_run,
+        // The HTTP body is the contact list alone (the API's reference
+        // page); customFields come through direct invocations and
+        // EventBridge.
+        custom_fields: None,
     })
 }
 

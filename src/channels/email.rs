@@ -9,9 +9,11 @@ use futures::future::BoxFuture;
 use crate::model::{Contact, EmailAddress, NotificationChannel, Offer};
 use crate::ports::SendError;
 
-use super::offer_text::{escape_html, marketplace, offer_name, offer_url, single_line, subject};
+use super::offer_text::{single_line, truncate_chars};
+use super::template::{Part, Renderer, Vars, renderer};
 use super::{Action, Planning, unreadable};
-use crate::notify::skipped;
+use crate::model::NotificationSettings;
+use crate::notify::{failed, skipped};
 
 /// An email ready to send: one recipient, rendered content, tags for tracking.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,45 +127,75 @@ pub struct EmailContent {
     pub html: String,
 }
 
-/// The email for one contact (the greeting is the only personal part).
+/// The subject is one line of at most this many characters.
+const MAX_SUBJECT_CHARS: usize = 200;
+
+/// An organisation's three email templates (its own or the built-in ones),
+/// checked once per event and rendered per recipient.
+pub struct EmailRenderers<'s> {
+    subject: Renderer<'s>,
+    text: Renderer<'s>,
+    html: Renderer<'s>,
+}
+
+impl<'s> EmailRenderers<'s> {
+    /// `Err` is why no email of this event can be rendered.
+    pub fn new(settings: &'s NotificationSettings) -> Result<Self, String> {
+        Ok(Self {
+            subject: renderer(Part::EmailSubject, settings)?,
+            text: renderer(Part::EmailText, settings)?,
+            html: renderer(Part::EmailHtml, settings)?,
+        })
+    }
+
+    /// One recipient's email; `Err` is why it cannot be rendered.
+    pub fn render(&self, vars: &Vars) -> Result<EmailContent, String> {
+        let subject = truncate_chars(&single_line(&self.subject.render(vars)?), MAX_SUBJECT_CHARS);
+        if subject.is_empty() {
+            return Err(format!(
+                "the organization's {} template renders an empty subject",
+                Part::EmailSubject.name()
+            ));
+        }
+        Ok(EmailContent {
+            subject,
+            text: self.text.render(vars)?,
+            html: self.html.render(vars)?,
+        })
+    }
+}
+
+/// The event's `title` and `message`: the organisation's email subject and
+/// text without a recipient (the built-in ones when its own cannot render).
+pub fn event_text(
+    offer: &Offer,
+    settings: &NotificationSettings,
+    custom_fields: Option<&serde_json::Map<String, serde_json::Value>>,
+    event_id: &str,
+    recipient_count: usize,
+) -> (String, String) {
+    let vars = Vars::new(offer, settings, custom_fields, event_id, recipient_count);
+    match EmailRenderers::new(settings).and_then(|r| r.render(&vars)) {
+        Ok(c) => (c.subject, c.text),
+        Err(_) => {
+            let c = render(offer, None);
+            (c.subject, c.text)
+        }
+    }
+}
+
+/// The built-in email for one contact (the greeting is the only personal
+/// part).
 pub fn render(offer: &Offer, contact: Option<&Contact>) -> EmailContent {
-    let name = offer_name(offer);
-    let market = marketplace(offer);
-    let greeting = contact
-        .and_then(|c| c.name.as_deref())
-        .map(single_line)
-        .filter(|n| !n.is_empty())
-        .map(|n| format!("Hello {n},"))
-        .unwrap_or_else(|| "Hello,".to_owned());
-    let url = offer_url(offer);
-
-    let mut text =
-        format!("{greeting}\n\nA private offer is waiting for you on {market}: {name}.\n");
-    match url {
-        Some(u) => text.push_str(&format!("\nReview and accept it here: {u}\n")),
-        None => text.push_str("\nSign in to the marketplace to review and accept it.\n"),
-    }
-
-    let mut html = format!(
-        "<!DOCTYPE html><html><body><p>{}</p><p>A private offer is waiting for you on {}: <strong>{}</strong>.</p>",
-        escape_html(&greeting),
-        escape_html(market),
-        escape_html(&name)
-    );
-    match url {
-        Some(u) => html.push_str(&format!(
-            "<p><a href=\"{}\">Review and accept the offer</a></p>",
-            escape_html(u)
-        )),
-        None => html.push_str("<p>Sign in to the marketplace to review and accept it.</p>"),
-    }
-    html.push_str("</body></html>");
-
-    EmailContent {
-        subject: subject(offer),
-        text,
-        html,
-    }
+    let settings = NotificationSettings::default();
+    let vars = Vars::new(offer, &settings, None, "", 0);
+    let vars = match contact {
+        Some(c) => vars.with_contact(c),
+        None => vars,
+    };
+    EmailRenderers::new(&settings)
+        .and_then(|r| r.render(&vars))
+        .expect("the built-in email templates render")
 }
 
 /// One email per recipient and cc contact, or why not.
@@ -171,6 +203,8 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
     let channel = NotificationChannel::Email;
     let r = p.recipients;
     let identity = sender_identity(p.settings);
+    let renderers = EmailRenderers::new(p.settings);
+    let vars = p.vars();
     for (id, is_cc) in r
         .ids
         .iter()
@@ -216,13 +250,22 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
         let (from_name, reply_to) = match &identity {
             Ok(i) => i.clone(),
             Err(why) => {
-                let mut d = skipped(channel.clone(), Some(id), why.clone());
-                d.status = crate::model::DeliveryStatus::Failed;
-                p.decided.push(d);
+                p.decided
+                    .push(failed(channel.clone(), Some(id), why.clone()));
                 continue;
             }
         };
-        let content = render(p.offer, Some(contact));
+        let rendered = renderers
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|r| r.render(&vars.with_contact(contact)));
+        let content = match rendered {
+            Ok(c) => c,
+            Err(why) => {
+                p.decided.push(failed(channel.clone(), Some(id), why));
+                continue;
+            }
+        };
         p.actions.push(Action::Email {
             contact_id: id.clone(),
             email: OutgoingEmail {
@@ -270,7 +313,9 @@ mod tests {
         );
         assert!(
             e.html
-                .contains("href=\"https://aws.amazon.com/marketplace/o/1\"")
+                .contains("href=\"https://aws.amazon.com/marketplace/o/1\""),
+            "{}",
+            e.html
         );
         assert!(e.text.contains("https://aws.amazon.com/marketplace/o/1"));
     }

@@ -23,6 +23,7 @@ pub mod offer_text;
 pub mod slack;
 pub mod sms;
 pub mod teams;
+pub mod template;
 pub mod topic;
 pub mod web;
 pub mod webhook;
@@ -124,6 +125,19 @@ pub(crate) struct Planning<'a> {
     pub(crate) decided: Vec<Delivery>,
 }
 
+impl Planning<'_> {
+    /// The template variables of this event (no contact yet).
+    pub(crate) fn vars(&self) -> template::Vars {
+        template::Vars::new(
+            self.offer,
+            self.settings,
+            self.event.custom_fields.as_ref(),
+            &self.event_id,
+            self.recipients.ids.len(),
+        )
+    }
+}
+
 /// Recipients × the organisation's channels: the actions to perform, and the
 /// deliveries already decided (skipped or failed, with why).
 pub(crate) fn plan(
@@ -183,7 +197,13 @@ pub(crate) fn unreadable(channel: NotificationChannel, contact_id: &str) -> Deli
 
 /// A Slack or Teams message for the settings' target, or why not: no
 /// target, a disabled one (with the reason it was disabled), a bad name.
-pub(crate) fn plan_web_target(p: &mut Planning<'_>, channel: NotificationChannel, body: Arc<str>) {
+/// `body` is the rendered message, or why it could not be rendered (the
+/// delivery is then FAILED with it, once the target is known to be usable).
+pub(crate) fn plan_web_target(
+    p: &mut Planning<'_>,
+    channel: NotificationChannel,
+    body: Result<Arc<str>, String>,
+) {
     let Some(target) = p.settings.web_target(&channel) else {
         let key = match channel {
             NotificationChannel::Slack => "slack",
@@ -217,6 +237,13 @@ pub(crate) fn plan_web_target(p: &mut Planning<'_>, channel: NotificationChannel
         p.decided.push(d);
         return;
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(why) => {
+            p.decided.push(crate::notify::failed(channel, None, why));
+            return;
+        }
+    };
     p.actions.push(Action::Chat {
         channel,
         org: p.org.clone(),

@@ -1,12 +1,11 @@
 //! The offer as every channel words it: its name on one line, its
 //! marketplace, the private offer link when it is safe to show, and the
 //! event's title and message. Offer data comes from sellers: it is reduced to
-//! one line where a line is expected, escaped where HTML is written, and a
-//! link is only shown when it is a plain https URL.
+//! one line where a line is expected (HTML escaping is the template
+//! engine's, channels::template), and a link is only shown when it is a
+//! plain https URL.
 
 use crate::model::Offer;
-
-const MAX_SUBJECT_CHARS: usize = 200;
 
 /// Replaces control characters (CR, LF, tabs, NUL...) with spaces and folds runs of space.
 pub fn single_line(s: &str) -> String {
@@ -42,21 +41,6 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
     }
 }
 
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The offer's name as it may be shown: one line, never empty.
 pub fn offer_name(offer: &Offer) -> String {
     let name = single_line(offer.name.as_deref().unwrap_or_default());
@@ -87,23 +71,6 @@ pub fn marketplace(offer: &Offer) -> &str {
         .unwrap_or("the marketplace")
 }
 
-/// The event's title: the email subject without a recipient's name.
-pub fn subject(offer: &Offer) -> String {
-    truncate_chars(
-        &single_line(&format!(
-            "Private offer on {}: {}",
-            marketplace(offer),
-            offer_name(offer)
-        )),
-        MAX_SUBJECT_CHARS,
-    )
-}
-
-/// The event's message: the email text without a recipient's name.
-pub fn message(offer: &Offer) -> String {
-    super::email::render(offer, None).text
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -123,7 +90,8 @@ pub(crate) mod tests {
 
     #[test]
     fn subject_has_no_line_breaks() {
-        let s = subject(&offer("Deal\r\nBcc: evil@example.com", None));
+        let s = crate::channels::email::render(&offer("Deal\r\nBcc: evil@example.com", None), None)
+            .subject;
         assert!(!s.contains('\n') && !s.contains('\r'), "{s:?}");
         assert_eq!(
             s,

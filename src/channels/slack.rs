@@ -19,6 +19,7 @@ use crate::model::NotificationChannel;
 use crate::ports::SendError;
 
 use super::offer_text::{marketplace, offer_name, offer_url, truncate_chars};
+use super::template::{Part, renderer};
 use super::web::{WebAnswer, answer_code};
 use super::{Planning, plan_web_target};
 
@@ -55,18 +56,27 @@ pub fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The webhook's JSON body.
-pub(crate) fn render(p: &Planning<'_>) -> Arc<str> {
+/// The webhook's JSON body; `Err` is why the organisation's template could
+/// not be rendered. The section text is the `slack` template (variables
+/// mrkdwn-escaped); the fallback `text` is the built-in line, or the
+/// organisation's section text when it has its own.
+pub(crate) fn render(p: &Planning<'_>) -> Result<Arc<str>, String> {
+    let t = renderer(Part::Slack, p.settings)?;
+    let section = t.render(&p.vars())?;
     let name = escape(&truncate_chars(&offer_name(p.offer), 300));
     let market = escape(marketplace(p.offer));
     let count = p.recipients.ids.len();
-    let text = truncate_chars(
-        &format!("Private offer {name} on {market}: {count} contact(s) notified"),
-        TEXT_CHARS,
-    );
+    let text = if t.is_custom() {
+        truncate_chars(&section, TEXT_CHARS)
+    } else {
+        truncate_chars(
+            &format!("Private offer {name} on {market}: {count} contact(s) notified"),
+            TEXT_CHARS,
+        )
+    };
     let mut blocks: Vec<Value> = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": truncate_chars(&format!("Private offer on {}", marketplace(p.offer)), 150)}}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate_chars(&format!("*{name}*\n{count} contact(s) notified"), SECTION_CHARS)}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate_chars(&section, SECTION_CHARS)}}),
     ];
     if let Some(url) = offer_url(p.offer) {
         blocks.push(json!({"type": "actions", "elements": [
@@ -77,7 +87,7 @@ pub(crate) fn render(p: &Planning<'_>) -> Arc<str> {
         {"type": "mrkdwn", "text": format!("Event {}", escape(&p.event_id))}
     ]}));
     blocks.truncate(MAX_BLOCKS);
-    json!({"text": text, "blocks": blocks}).to_string().into()
+    Ok(json!({"text": text, "blocks": blocks}).to_string().into())
 }
 
 /// Slack's answer as the delivery's outcome.

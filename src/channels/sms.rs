@@ -3,18 +3,15 @@
 //! `info.phoneNumber`, which must be E.164; it goes out through an
 //! `SmsSender` (SNS in the Lambda).
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 
 use crate::model::{NotificationChannel, Offer, PhoneNumber};
 use crate::ports::SendError;
 
-use super::offer_text::{marketplace, offer_name, offer_url, truncate_chars};
+use super::template::{Part, Vars, renderer};
 use super::{Action, Planning, unreadable};
-use crate::notify::skipped;
-
-const MAX_SMS_NAME_CHARS: usize = 60;
+use crate::model::NotificationSettings;
+use crate::notify::{failed, skipped};
 
 /// Sends one transactional SMS; the answer is the provider's message id.
 pub trait SmsSender: Send + Sync {
@@ -25,25 +22,19 @@ pub trait SmsSender: Send + Sync {
     ) -> BoxFuture<'a, Result<String, SendError>>;
 }
 
-/// The SMS: short enough for one or two parts.
+/// The built-in SMS: short enough for one or two parts.
 pub fn render(offer: &Offer) -> String {
-    let name = truncate_chars(&offer_name(offer), MAX_SMS_NAME_CHARS);
-    match offer_url(offer) {
-        Some(u) => format!(
-            "Private offer on {}: {name}. Review: {u}",
-            marketplace(offer)
-        ),
-        None => format!(
-            "Private offer on {}: {name}. Sign in to review it.",
-            marketplace(offer)
-        ),
-    }
+    let settings = NotificationSettings::default();
+    renderer(Part::Sms, &settings)
+        .and_then(|r| r.render(&Vars::new(offer, &settings, None, "", 0)))
+        .expect("the built-in SMS template renders")
 }
 
 /// One SMS per recipient with an E.164 number, or why not.
 pub(crate) fn plan(p: &mut Planning<'_>) {
     let channel = NotificationChannel::Sms;
-    let text: Arc<str> = render(p.offer).into();
+    let sms = renderer(Part::Sms, p.settings);
+    let vars = p.vars();
     let r = p.recipients;
     for id in &r.ids {
         if r.unreadable.contains(id) {
@@ -74,11 +65,30 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
                 p.decided
                     .push(skipped(channel.clone(), Some(id), format!("contact's {e}")))
             }
-            Some(Ok(to)) => p.actions.push(Action::Sms {
-                contact_id: id.clone(),
-                to,
-                text: text.clone(),
-            }),
+            Some(Ok(to)) => {
+                let text = sms
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|t| t.render(&vars.with_contact(contact)))
+                    .and_then(|t| {
+                        if t.trim().is_empty() {
+                            Err(format!(
+                                "the organization's {} template renders an empty message",
+                                Part::Sms.name()
+                            ))
+                        } else {
+                            Ok(t)
+                        }
+                    });
+                match text {
+                    Ok(text) => p.actions.push(Action::Sms {
+                        contact_id: id.clone(),
+                        to,
+                        text: text.into(),
+                    }),
+                    Err(why) => p.decided.push(failed(channel.clone(), Some(id), why)),
+                }
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use crate::model::NotificationChannel;
 use crate::ports::SendError;
 
-use super::offer_text::{marketplace, offer_name, offer_url, truncate_chars};
+use super::offer_text::{marketplace, offer_url, truncate_chars};
+use super::template::{Part, renderer};
 use super::web::WebAnswer;
 use super::{Planning, plan_web_target};
 
@@ -35,9 +36,11 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
     plan_web_target(p, NotificationChannel::MicrosoftTeams, body);
 }
 
-/// The Workflows envelope around an Adaptive Card 1.4.
-pub(crate) fn render(p: &Planning<'_>) -> Arc<str> {
-    let name = truncate_chars(&offer_name(p.offer), 300);
+/// The Workflows envelope around an Adaptive Card 1.4; its second text
+/// block is the `microsoftTeams` template (variables markdown-escaped).
+/// `Err` is why the organisation's template could not be rendered.
+pub(crate) fn render(p: &Planning<'_>) -> Result<Arc<str>, String> {
+    let name = renderer(Part::Teams, p.settings)?.render(&p.vars())?;
     let count = p.recipients.ids.len();
     let mut card = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
@@ -66,8 +69,14 @@ pub(crate) fn render(p: &Planning<'_>) -> Arc<str> {
         }]
     });
     let text = body.to_string();
-    debug_assert!(text.len() < MAX_BODY_BYTES);
-    text.into()
+    if text.len() >= MAX_BODY_BYTES {
+        return Err(format!(
+            "the organization's {} template makes a card of {} bytes; Teams takes at most {MAX_BODY_BYTES}",
+            Part::Teams.name(),
+            text.len()
+        ));
+    }
+    Ok(text.into())
 }
 
 /// The workflow's answer as the delivery's outcome.

@@ -117,6 +117,61 @@ impl ContactIdList {
     }
 }
 
+/// A request's `customFields` (direct invocation and EventBridge): at most
+/// 20 names (a letter, then letters, digits or `_`; 64 at most), each to a
+/// string of at most 1,000 characters, a number or a boolean. Stored on the
+/// event and offered to templates as `customFields.NAME`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomFields(serde_json::Map<String, serde_json::Value>);
+
+pub const MAX_CUSTOM_FIELDS: usize = 20;
+pub const MAX_CUSTOM_FIELD_CHARS: usize = 1_000;
+
+impl CustomFields {
+    pub fn parse(raw: serde_json::Map<String, serde_json::Value>) -> Result<Self, InvalidValue> {
+        use serde_json::Value;
+        if raw.len() > MAX_CUSTOM_FIELDS {
+            return Err(InvalidValue(format!(
+                "customFields has {} names; the limit is {MAX_CUSTOM_FIELDS}",
+                raw.len()
+            )));
+        }
+        for (k, v) in &raw {
+            let name_ok = k.len() <= 64
+                && k.starts_with(|c: char| c.is_ascii_alphabetic())
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !name_ok {
+                return Err(InvalidValue(format!(
+                    "customFields name {:?} is not valid: a letter, then letters, digits or '_', 64 at most",
+                    crate::model::ids::shown(k)
+                )));
+            }
+            match v {
+                Value::String(s) if s.chars().count() > MAX_CUSTOM_FIELD_CHARS => {
+                    return Err(InvalidValue(format!(
+                        "customFields.{k} is longer than {MAX_CUSTOM_FIELD_CHARS} characters"
+                    )));
+                }
+                Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
+                _ => {
+                    return Err(InvalidValue(format!(
+                        "customFields.{k} must be a string, a number or a boolean"
+                    )));
+                }
+            }
+        }
+        Ok(Self(raw))
+    }
+    pub fn as_map(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.0
+    }
+}
+
+/// At most 40 characters of a refused value, for an error text.
+fn shown(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
 /// A phone number in E.164 form: `+`, a country code not starting with 0,
 /// 8 to 15 digits in all. Common separators (spaces, dashes, dots, brackets)
 /// are removed first, since contacts are entered by people.

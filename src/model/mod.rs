@@ -10,9 +10,10 @@ pub use delivery::{Delivery, DeliveryStatus};
 pub use enums::*;
 pub use event::{CreatedBy, NotificationEvent, TrackEvent};
 pub use ids::{
-    ContactId, ContactIdList, EmailAddress, IdempotencyKey, InvalidValue, OfferId, OrgId,
-    PhoneNumber,
+    ContactId, ContactIdList, CustomFields, EmailAddress, IdempotencyKey, InvalidValue, OfferId,
+    OrgId, PhoneNumber,
 };
 pub use offer::{
-    Contact, ContactInfo, Disabled, NotificationSettings, Offer, OfferInfo, WebTarget,
+    Contact, ContactInfo, Disabled, EmailTemplates, MessageTemplates, NotificationSettings, Offer,
+    OfferInfo, WebTarget,
 };

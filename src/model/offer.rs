@@ -74,6 +74,14 @@ pub struct NotificationSettings {
     /// The one address replies to emails go to (the seller's rep).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The seller's display name for templates (`seller.name`); defaults
+    /// to `senderName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seller_name: Option<String>,
+    /// The organisation's own wording per channel; a part not set keeps
+    /// the built-in one (channels::template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<MessageTemplates>,
     /// The SLACK channel's incoming webhook, by reference to its secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<WebTarget>,
@@ -83,6 +91,33 @@ pub struct NotificationSettings {
     /// The WEBHOOK channel's endpoint (URL and signing secret), by reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebTarget>,
+}
+
+/// `templates` in the settings: minijinja templates per channel part.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageTemplates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailTemplates>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<String>,
+    /// The Slack message's section text (mrkdwn) and fallback text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<String>,
+    /// The Teams card's text block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microsoft_teams: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailTemplates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
 }
 
 /// A chat or webhook target named in the settings: `secret` is the name of

@@ -25,12 +25,11 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::channels::offer_text;
 use crate::model::event::now_millis;
 use crate::model::{
-    Contact, ContactId, ContactIdList, CreatedBy, Delivery, DeliveryStatus, EntityType,
-    EventStatus, IdempotencyKey, NotificationChannel, NotificationEvent, NotificationEventAction,
-    OfferId, OrgId,
+    Contact, ContactId, ContactIdList, CreatedBy, CustomFields, Delivery, DeliveryStatus,
+    EntityType, EventStatus, IdempotencyKey, NotificationChannel, NotificationEvent,
+    NotificationEventAction, OfferId, OrgId,
 };
 use crate::ports::{
     Claim, ContactStore, EventStore, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
@@ -63,6 +62,8 @@ pub struct NotifyCommand {
     pub deadline: Option<tokio::time::Instant>,
     /// Answer what would happen; store, send, queue and claim nothing.
     pub dry_run: bool,
+    /// Stored on the event; templates read them as `customFields.NAME`.
+    pub custom_fields: Option<CustomFields>,
 }
 
 impl NotifyCommand {
@@ -76,6 +77,7 @@ impl NotifyCommand {
             idempotency_key: None,
             deadline: None,
             dry_run: false,
+            custom_fields: None,
         }
     }
 }
@@ -304,6 +306,17 @@ pub(crate) fn skipped(
         DeliveryStatus::Skipped,
     );
     d.reason = Some(reason.into());
+    d
+}
+
+/// A delivery decided FAILED before any send, with why.
+pub(crate) fn failed(
+    channel: NotificationChannel,
+    contact_id: Option<&str>,
+    reason: impl Into<String>,
+) -> Delivery {
+    let mut d = skipped(channel, contact_id, reason);
+    d.status = DeliveryStatus::Failed;
     d
 }
 
@@ -570,14 +583,22 @@ where
             cc_contact_ids: (!recipients.cc_ids.is_empty()).then(|| recipients.cc_ids.clone()),
             channels: Some(settings.effective_channels()),
             created_by: cmd.created_by.clone(),
-            title: Some(offer_text::subject(&offer)),
-            message: Some(offer_text::message(&offer)),
+            custom_fields: cmd.custom_fields.as_ref().map(|c| c.as_map().clone()),
             is_action_item: Some(false),
             require_audit: Some(false),
             timestamp: Some(now),
             last_update_time: Some(now),
             ..NotificationEvent::default()
         };
+        let (title, message) = crate::channels::email::event_text(
+            &offer,
+            &settings,
+            event.custom_fields.as_ref(),
+            event_id,
+            recipients.ids.len(),
+        );
+        event.title = Some(title);
+        event.message = Some(message);
         let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
         webhook::note_target(&mut event, &settings);
         event.contact_emails = Some(
@@ -713,7 +734,15 @@ pub fn request_hash(cmd: &NotifyCommand) -> String {
         .map(ContactId::as_str)
         .collect();
     ids.sort_unstable();
-    let canonical = format!("offer={}\ncontacts={}", cmd.offer_id, ids.join(","));
+    let mut canonical = format!("offer={}\ncontacts={}", cmd.offer_id, ids.join(","));
+    if let Some(c) = &cmd.custom_fields {
+        // Sorted by name: the same fields, the same text.
+        let sorted: std::collections::BTreeMap<_, _> = c.as_map().iter().collect();
+        canonical.push_str(&format!(
+            "\ncustomFields={}",
+            serde_json::to_string(&sorted).unwrap_or_default()
+        ));
+    }
     Sha256::digest(canonical.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
