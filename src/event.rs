@@ -477,7 +477,8 @@ fn direct_command(
             .custom_fields
             .map(crate::model::CustomFields::parse)
             .transpose()
-            .map_err(bad)?,
+            .map_err(bad)?
+            .flatten(),
     })
 }
 

@@ -99,7 +99,9 @@ proptest! {
         prop_assert!(email.subject.chars().count() <= 200);
         prop_assert!(!leaks_markup(&email.html), "markup leaked: {}", email.html);
         prop_assert!(!email.html.to_lowercase().contains("href=\"javascript:"));
-        let sms = channels::sms::render(&offer);
-        prop_assert!(sms.len() < 1600);
+        // Past SNS's 1,600 bytes it is an error (a FAILED delivery), never a send.
+        if let Ok(sms) = channels::sms::render(&offer) {
+            prop_assert!(sms.len() <= 1600);
+        }
     }
 }

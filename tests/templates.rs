@@ -71,7 +71,9 @@ async fn an_orgs_own_email_and_sms_reach_ses_and_sns_beside_the_built_in_ones() 
         subject,
         "Initech: your private offer for Initech Observability Suite, 2-year private offer (expires 2027-01-31T23:59:59Z)"
     );
-    assert!(html.starts_with("<p>Hi Eve Buyer,</p><p><strong>Initech</strong> has prepared <em>Initech Observability Suite, 2-year private offer</em> for Buyer Corp on AWS Marketplace.</p>"), "{html}");
+    // The org's HTML, sanitised and wrapped in a document.
+    assert!(html.starts_with("<!DOCTYPE html><html><body><p>Hi Eve Buyer,</p><p><strong>Initech</strong> has prepared <em>Initech Observability Suite, 2-year private offer</em> for Buyer Corp on AWS Marketplace.</p>"), "{html}");
+    assert!(html.contains("<a href=\"https://aws.amazon.com/marketplace/ao/offer-brand\" rel=\"noopener noreferrer\">Open the offer</a>"), "{html}");
     assert!(
         html.contains("<p>Quote reference: Q-2026-118</p>"),
         "{html}"
@@ -80,7 +82,7 @@ async fn an_orgs_own_email_and_sms_reach_ses_and_sns_beside_the_built_in_ones() 
     // has no company, so the template's default applies.
     let (_, _, html) = email("fay@buyer.example.com");
     assert!(
-        html.contains("Hi Fay &lt;b&gt;O&#39;Neil&lt;/b&gt; &amp; Co,")
+        html.contains("Hi Fay &lt;b&gt;O'Neil&lt;/b&gt; &amp; Co,")
             && html.contains("for your team on"),
         "{html}"
     );
@@ -335,12 +337,52 @@ async fn hostile_templates_end_bounded_and_escaped_or_failed_with_why() {
         (
             "a huge template",
             email(ok_subject, &"x".repeat(40_000), ok_html),
-            Expect::Failed("bytes; at most 32768"),
+            Expect::Failed("bytes; at most 16384"),
         ),
         (
             "many variables",
-            email(ok_subject, ok_text, &"{{ offer.name }}".repeat(4_000)),
-            Expect::Failed("template renders more than"),
+            email(ok_subject, ok_text, &"{{ offer.name }}".repeat(2_000)),
+            Expect::Failed("template renders more than 65536 bytes"),
+        ),
+        // Depth that would overflow the parser's or the checker's stack.
+        (
+            "a chain of nots",
+            email(
+                ok_subject,
+                &format!("{{% if {}1 %}}x{{% endif %}}", "not ".repeat(3_000)),
+                ok_html,
+            ),
+            Expect::Failed("a tag of more than 64 parts"),
+        ),
+        (
+            "a chain of filters",
+            email(
+                ok_subject,
+                &format!("{{{{ offer.name{} }}}}", "|trim".repeat(2_000)),
+                ok_html,
+            ),
+            Expect::Failed("a tag of more than 64 parts"),
+        ),
+        (
+            "a chain of elifs",
+            email(
+                ok_subject,
+                &format!(
+                    "{{% if offer.name %}}{}{{% endif %}}",
+                    "{% elif 1 %}".repeat(1_000)
+                ),
+                ok_html,
+            ),
+            Expect::Failed("elifs"),
+        ),
+        (
+            "nested ifs",
+            email(
+                ok_subject,
+                &format!("{}x{}", "{% if 1 %}".repeat(700), "{% endif %}".repeat(700)),
+                ok_html,
+            ),
+            Expect::Failed("nested ifs"),
         ),
         (
             "a filter that marks safe",
@@ -357,6 +399,26 @@ async fn hostile_templates_end_bounded_and_escaped_or_failed_with_why() {
             email("{{ customFields.none }}", ok_text, ok_html),
             Expect::Failed("renders an empty subject"),
         ),
+        // The seller's own markup: scripts, handlers, javascript: links are
+        // taken out by the sanitiser; the rest is sent.
+        (
+            "script in the org's own HTML",
+            email(
+                ok_subject,
+                ok_text,
+                "<p style=\"color:#333\">Hi</p><a href=\"javascript:alert({{ contact.id }})\">x</a><script>alert(1)</script><img src=x onerror=alert(1)><form action=\"https://evil.example\"><input name=p></form><a href=\"{{ offer.url }}\">offer</a>",
+            ),
+            Expect::Sent(|e| {
+                let h = e.html.to_lowercase();
+                !h.contains("<script")
+                    && !h.contains("javascript:")
+                    && !h.contains("onerror")
+                    && !h.contains("<form")
+                    && !h.contains("<input")
+                    && h.contains("<p style=\"color:#333\">hi</p>")
+                    && h.contains("href=\"https://aws.amazon.com/marketplace/ao/o1\"")
+            }),
+        ),
         // Script and header injection through variables: rendered, escaped.
         (
             "markup in variables",
@@ -367,7 +429,10 @@ async fn hostile_templates_end_bounded_and_escaped_or_failed_with_why() {
             ),
             Expect::Sent(|e| {
                 let c0 = e.to.as_str() == "c0@buyer.example.com";
-                !e.html.contains("<script") && !e.html.contains("<img") && !e.html.contains("' onmouseover")
+                // The role stays inside its (double-quoted) attribute value.
+                !e.html.contains("<script") && !e.html.contains("<img")
+                && !e.html.contains("\" onmouseover") && !e.html.contains("onmouseover=\"")
+                && (!c0 || e.html.contains("title=\"' onmouseover='alert(1)\""))
                 && !e.subject.contains('\n') && !e.subject.contains('\r')
                 // A variable's text is never evaluated as a template.
                 && (!c0 || (e.html.contains("&lt;script&gt;") && e.text.contains("{% for i in range(9) %}")))
@@ -408,7 +473,7 @@ async fn hostile_templates_end_bounded_and_escaped_or_failed_with_why() {
         for e in provider.emails() {
             let all = format!("{} {} {}", e.subject, e.text, e.html);
             assert!(!all.contains("OTHER-ORG-SECRET"), "{name}");
-            assert!(e.html.len() <= 200 * 1024 && e.text.len() <= 100 * 1024);
+            assert!(e.html.len() <= 70 * 1024 && e.text.len() <= 32 * 1024);
         }
         match expect {
             Expect::Failed(says) => {

@@ -717,3 +717,96 @@ async fn an_attempt_left_sending_by_a_dead_worker_counts_as_failed_and_the_next_
     r.store.put_delivery(&event_id, taken);
     assert!(r.n.work(m, 3, None).await.is_err());
 }
+
+#[tokio::test]
+async fn slack_and_teams_carry_the_orgs_own_text_with_variables_escaped() {
+    let r = rig(
+        vec![
+            NotificationChannel::Email,
+            NotificationChannel::Slack,
+            NotificationChannel::MicrosoftTeams,
+        ],
+        false,
+    );
+    let settings = |slack: &str| NotificationSettings {
+        channels: Some(vec![
+            NotificationChannel::Email,
+            NotificationChannel::Slack,
+            NotificationChannel::MicrosoftTeams,
+        ]),
+        slack: target("alerts"),
+        microsoft_teams: target("teams-alerts"),
+        seller_name: Some("Initech".into()),
+        templates: Some(MessageTemplates {
+            slack: Some(slack.into()),
+            microsoft_teams: Some("{{ seller.name }}: {{ customFields.note }}".into()),
+            ..MessageTemplates::default()
+        }),
+        ..NotificationSettings::default()
+    };
+    r.store.put_settings(
+        ORG,
+        settings("*{{ offer.name }}* by {{ seller.name }}: {{ customFields.note }}"),
+    );
+    let note: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"note": "<!channel> [click](https://evil.example) *now*"}"#)
+            .unwrap();
+    let with_note = || NotifyCommand {
+        custom_fields: CustomFields::parse(note.clone()).unwrap(),
+        ..cmd()
+    };
+    let event = r.n.notify(with_note()).await.unwrap();
+    assert_eq!(event.event_status, Some(EventStatus::Done), "{event:#?}");
+    let posted = r.poster.posted();
+    let slack = json(
+        &posted
+            .iter()
+            .find(|p| p.host == "hooks.slack.com")
+            .unwrap()
+            .body,
+    );
+    let section = slack["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "section")
+        .unwrap()["text"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The org's words; the variables cannot mention @channel or make a link.
+    assert_eq!(
+        section,
+        "*Enterprise &lt;plan&gt; &amp; more* by Initech: &lt;!channel&gt; [click](https://evil.example) *now*"
+    );
+    assert_eq!(slack["text"], section);
+    let teams = posted.iter().find(|p| p.host != "hooks.slack.com").unwrap();
+    let card = json(&teams.body)["attachments"][0]["content"].clone();
+    assert_eq!(
+        card["body"][1]["text"],
+        "Initech: <!channel> \\[click\\](https://evil.example) \\*now\\*"
+    );
+
+    // A Slack template that cannot render fails Slack alone, with why.
+    r.store
+        .put_settings(ORG, settings("{% for i in range(9) %}{{ i }}{% endfor %}"));
+    let event = r.n.notify(with_note()).await.unwrap();
+    let slack = delivery(&r, &event, NotificationChannel::Slack);
+    assert_eq!(slack.status, DeliveryStatus::Failed);
+    assert!(
+        slack
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("the organization's slack template is not allowed: `{% for %}` at line 1"),
+        "{slack:?}"
+    );
+    assert_eq!(
+        delivery(&r, &event, NotificationChannel::MicrosoftTeams).status,
+        DeliveryStatus::Sent
+    );
+    assert_eq!(
+        delivery(&r, &event, NotificationChannel::Email).status,
+        DeliveryStatus::Sent
+    );
+}

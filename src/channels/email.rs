@@ -127,6 +127,9 @@ pub struct EmailContent {
     pub html: String,
 }
 
+/// The event's `message` (the email text without a recipient) is cut here.
+const EVENT_MESSAGE_CHARS: usize = 4_000;
+
 /// The subject is one line of at most this many characters.
 const MAX_SUBJECT_CHARS: usize = 200;
 
@@ -152,10 +155,7 @@ impl<'s> EmailRenderers<'s> {
     pub fn render(&self, vars: &Vars) -> Result<EmailContent, String> {
         let subject = truncate_chars(&single_line(&self.subject.render(vars)?), MAX_SUBJECT_CHARS);
         if subject.is_empty() {
-            return Err(format!(
-                "the organization's {} template renders an empty subject",
-                Part::EmailSubject.name()
-            ));
+            return Err(format!("{} renders an empty subject", self.subject.label()));
         }
         Ok(EmailContent {
             subject,
@@ -175,13 +175,11 @@ pub fn event_text(
     recipient_count: usize,
 ) -> (String, String) {
     let vars = Vars::new(offer, settings, custom_fields, event_id, recipient_count);
-    match EmailRenderers::new(settings).and_then(|r| r.render(&vars)) {
-        Ok(c) => (c.subject, c.text),
-        Err(_) => {
-            let c = render(offer, None);
-            (c.subject, c.text)
-        }
-    }
+    let c = EmailRenderers::new(settings)
+        .and_then(|r| r.render(&vars))
+        .unwrap_or_else(|_| render(offer, None));
+    // The event item and the SNS summary carry it: kept short.
+    (c.subject, truncate_chars(&c.text, EVENT_MESSAGE_CHARS))
 }
 
 /// The built-in email for one contact (the greeting is the only personal
@@ -258,7 +256,11 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
         let rendered = renderers
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(|r| r.render(&vars.with_contact(contact)));
+            .and_then(|r| r.render(&vars.with_contact(contact)))
+            .and_then(|c| {
+                p.spend(c.subject.len() + c.text.len() + c.html.len())?;
+                Ok(c)
+            });
         let content = match rendered {
             Ok(c) => c,
             Err(why) => {

@@ -123,6 +123,8 @@ pub(crate) struct Planning<'a> {
     pub(crate) event_id: String,
     pub(crate) actions: Vec<Action>,
     pub(crate) decided: Vec<Delivery>,
+    /// Bytes of rendered messages so far (`template::EVENT_RENDER_BUDGET`).
+    pub(crate) rendered: usize,
 }
 
 impl Planning<'_> {
@@ -133,8 +135,26 @@ impl Planning<'_> {
             self.settings,
             self.event.custom_fields.as_ref(),
             &self.event_id,
-            self.recipients.ids.len(),
+            // The event's count, also when a worker plans one batch of it.
+            self.event
+                .contact_ids
+                .as_ref()
+                .map_or(self.recipients.ids.len(), Vec::len),
         )
+    }
+
+    /// Counts `bytes` of rendered message against the event's budget; `Err`
+    /// is why this delivery fails.
+    pub(crate) fn spend(&mut self, bytes: usize) -> Result<(), String> {
+        self.rendered += bytes;
+        if self.rendered > template::EVENT_RENDER_BUDGET {
+            Err(format!(
+                "this event's rendered messages pass {} MB; shorten the organization's templates",
+                template::EVENT_RENDER_BUDGET / (1024 * 1024)
+            ))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -157,6 +177,7 @@ pub(crate) fn plan(
         event_id: event.event_id.clone().unwrap_or_default(),
         actions: Vec::new(),
         decided: Vec::new(),
+        rendered: 0,
     };
     for channel in settings.effective_channels() {
         match channel {

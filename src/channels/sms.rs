@@ -22,12 +22,11 @@ pub trait SmsSender: Send + Sync {
     ) -> BoxFuture<'a, Result<String, SendError>>;
 }
 
-/// The built-in SMS: short enough for one or two parts.
-pub fn render(offer: &Offer) -> String {
+/// The built-in SMS (one or two parts for usual names and links); `Err`
+/// when the offer's link and marketplace make it pass SNS's 1,600 bytes.
+pub fn render(offer: &Offer) -> Result<String, String> {
     let settings = NotificationSettings::default();
-    renderer(Part::Sms, &settings)
-        .and_then(|r| r.render(&Vars::new(offer, &settings, None, "", 0)))
-        .expect("the built-in SMS template renders")
+    renderer(Part::Sms, &settings).and_then(|r| r.render(&Vars::new(offer, &settings, None, "", 0)))
 }
 
 /// One SMS per recipient with an E.164 number, or why not.
@@ -72,13 +71,13 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
                     .and_then(|t| t.render(&vars.with_contact(contact)))
                     .and_then(|t| {
                         if t.trim().is_empty() {
-                            Err(format!(
-                                "the organization's {} template renders an empty message",
-                                Part::Sms.name()
-                            ))
-                        } else {
-                            Ok(t)
+                            return Err(format!(
+                                "{} renders an empty message",
+                                sms.as_ref().map(|r| r.label()).unwrap_or_default()
+                            ));
                         }
+                        p.spend(t.len())?;
+                        Ok(t)
                     });
                 match text {
                     Ok(text) => p.actions.push(Action::Sms {
@@ -109,7 +108,7 @@ mod tests {
             }),
             ..Offer::default()
         };
-        let s = render(&offer);
+        let s = render(&offer).unwrap();
         assert!(s.len() < 160, "{}", s.len());
     }
 }

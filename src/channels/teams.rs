@@ -40,7 +40,8 @@ pub(crate) fn plan(p: &mut Planning<'_>) {
 /// block is the `microsoftTeams` template (variables markdown-escaped).
 /// `Err` is why the organisation's template could not be rendered.
 pub(crate) fn render(p: &Planning<'_>) -> Result<Arc<str>, String> {
-    let name = renderer(Part::Teams, p.settings)?.render(&p.vars())?;
+    let template = renderer(Part::Teams, p.settings)?;
+    let name = template.render(&p.vars())?;
     let count = p.recipients.ids.len();
     let mut card = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
@@ -71,8 +72,8 @@ pub(crate) fn render(p: &Planning<'_>) -> Result<Arc<str>, String> {
     let text = body.to_string();
     if text.len() >= MAX_BODY_BYTES {
         return Err(format!(
-            "the organization's {} template makes a card of {} bytes; Teams takes at most {MAX_BODY_BYTES}",
-            Part::Teams.name(),
+            "{} makes a card of {} bytes; Teams takes at most {MAX_BODY_BYTES}",
+            template.label(),
             text.len()
         ));
     }

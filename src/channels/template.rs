@@ -72,8 +72,8 @@ impl Part {
             Part::EmailSubject | Part::Sms => 1_000,
             Part::Slack => 3_000,
             Part::Teams => 8 * 1024,
-            Part::EmailText => 32 * 1024,
-            Part::EmailHtml => 64 * 1024,
+            Part::EmailText => 16 * 1024,
+            Part::EmailHtml => 32 * 1024,
         }
     }
 
@@ -87,8 +87,8 @@ impl Part {
             // Slack's section text limit (characters; bytes are stricter).
             Part::Slack => 3_000,
             Part::Teams => 16 * 1024,
-            Part::EmailText => 100 * 1024,
-            Part::EmailHtml => 200 * 1024,
+            Part::EmailText => 32 * 1024,
+            Part::EmailHtml => 64 * 1024,
         }
     }
 
@@ -305,15 +305,68 @@ fn whitespace() -> WhitespaceConfig {
     }
 }
 
-fn compile(part: Part, src: &str, custom: bool) -> Result<Renderer<'_>, String> {
-    let fail = |why: String| {
-        let whose = if custom {
-            "the organization's"
-        } else {
-            "the built-in"
-        };
-        format!("{whose} {} template {why}", part.name())
+/// "the organization's email.text template" (or "the built-in ...").
+fn label(part: Part, custom: bool) -> String {
+    let whose = if custom {
+        "the organization's"
+    } else {
+        "the built-in"
     };
+    format!("{whose} {} template", part.name())
+}
+
+/// Most tokens in one `{{ }}` or `{% %}` tag, most `{% if %}` nesting and
+/// most `{% elif %}` in a template: the parser and the checks recurse per
+/// level, so depth is bounded before anything is parsed.
+const MAX_TAG_TOKENS: usize = 64;
+const MAX_IF_DEPTH: usize = 16;
+const MAX_ELIFS: usize = 64;
+
+/// Bounds the depth of what `parse` would build, from the tokens alone.
+fn check_depth(src: &str) -> Result<(), String> {
+    use minijinja::machinery::{Token, tokenize};
+    let (mut in_tag, mut tokens, mut depth, mut elifs) = (false, 0usize, 0usize, 0usize);
+    let mut first = true;
+    for t in tokenize(src, false, SyntaxConfig, whitespace()) {
+        let (token, span) = t.map_err(|e| format!("does not parse: {}", error_text(&e)))?;
+        match token {
+            Token::VariableStart | Token::BlockStart => {
+                (in_tag, tokens, first) = (true, 0, true);
+                continue;
+            }
+            Token::VariableEnd | Token::BlockEnd => in_tag = false,
+            _ if in_tag => {
+                tokens += 1;
+                if tokens > MAX_TAG_TOKENS {
+                    return Err(format!(
+                        "is not allowed: a tag of more than {MAX_TAG_TOKENS} parts at {}",
+                        at(span)
+                    ));
+                }
+                if first {
+                    match token {
+                        Token::Ident("if") => depth += 1,
+                        Token::Ident("endif") => depth = depth.saturating_sub(1),
+                        Token::Ident("elif") => elifs += 1,
+                        _ => {}
+                    }
+                    if depth > MAX_IF_DEPTH || elifs > MAX_ELIFS {
+                        return Err(format!(
+                            "is not allowed: more than {MAX_IF_DEPTH} nested ifs or {MAX_ELIFS} elifs (at {})",
+                            at(span)
+                        ));
+                    }
+                }
+                first = false;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn compile(part: Part, src: &str, custom: bool) -> Result<Renderer<'_>, String> {
+    let fail = |why: String| format!("{} {why}", label(part, custom));
     if src.len() > part.max_template_bytes() {
         return Err(fail(format!(
             "is {} bytes; at most {} are allowed",
@@ -321,6 +374,7 @@ fn compile(part: Part, src: &str, custom: bool) -> Result<Renderer<'_>, String> 
             part.max_template_bytes()
         )));
     }
+    check_depth(src).map_err(fail)?;
     let tree = parse(src, part.name(), SyntaxConfig, whitespace())
         .map_err(|e| fail(format!("does not parse: {}", error_text(&e))))?;
     check_stmt(&tree).map_err(|why| fail(format!("is not allowed: {why}")))?;
@@ -330,11 +384,14 @@ fn compile(part: Part, src: &str, custom: bool) -> Result<Renderer<'_>, String> 
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_fuel(Some(FUEL));
     match part.escape() {
+        // Absent values (`offer.url` without a link) write nothing.
+        Escape::None => {
+            env.set_formatter(|out, _, v| out.write_str(&text_of(v)).map_err(Error::from))
+        }
         Escape::Html => env.set_formatter(|out, _, v| {
             out.write_str(&escape_html(&text_of(v)))
                 .map_err(Error::from)
         }),
-        Escape::None => {}
         Escape::SlackMrkdwn => env.set_formatter(|out, _, v| {
             out.write_str(&super::slack::escape(&text_of(v)))
                 .map_err(Error::from)
@@ -360,16 +417,15 @@ impl Renderer<'_> {
         self.custom
     }
 
+    /// "the organization's email.text template", for reasons.
+    pub fn label(&self) -> String {
+        label(self.part, self.custom)
+    }
+
     /// The text for these variables; `Err` is why it could not be rendered.
+    /// An organisation's HTML is also sanitised (`sanitize_html`).
     pub fn render(&self, vars: &Vars) -> Result<String, String> {
-        let fail = |why: String| {
-            let whose = if self.custom {
-                "the organization's"
-            } else {
-                "the built-in"
-            };
-            format!("{whose} {} template {why}", self.part.name())
-        };
+        let fail = |why: String| format!("{} {why}", self.label());
         let tmpl = self
             .env
             .get_template(self.part.name())
@@ -387,9 +443,32 @@ impl Renderer<'_> {
             )));
         }
         result.map_err(|e| fail(format!("failed to render: {}", error_text(&e))))?;
-        String::from_utf8(out.buf).map_err(|_| fail("rendered invalid UTF-8".into()))
+        let text = String::from_utf8(out.buf).map_err(|_| fail("rendered invalid UTF-8".into()))?;
+        Ok(if self.custom && self.part == Part::EmailHtml {
+            sanitize_html(&text)
+        } else {
+            text
+        })
     }
 }
+
+/// An organisation's email HTML, through an allow-list sanitiser (`ammonia`):
+/// no scripts, event handlers, forms, frames or `javascript:`/`data:` links,
+/// whatever the template or a variable wrote; links get
+/// `rel="noopener noreferrer"`. Inline `style`, `class` and `align` stay
+/// (emails are styled inline). Wrapped in a document of our own.
+pub fn sanitize_html(html: &str) -> String {
+    let clean = ammonia::Builder::default()
+        .add_generic_attributes(["style", "class", "align"])
+        .clean(html)
+        .to_string();
+    format!("<!DOCTYPE html><html><body>{clean}</body></html>")
+}
+
+/// What one event's messages may hold in memory, rendered, in all: the
+/// deliveries past it are FAILED with why (a large template times a large
+/// offer).
+pub const EVENT_RENDER_BUDGET: usize = 24 * 1024 * 1024;
 
 /// The engine's error without anything but its kind, detail and line.
 fn error_text(e: &Error) -> String {
@@ -450,14 +529,12 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// Teams' card markdown: a variable cannot make a link, emphasis or a list.
+/// Teams' card markdown: a variable cannot make a link or emphasis (a
+/// backslash before `\ [ ] * _ ~` and the backquote).
 fn teams_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if matches!(
-            c,
-            '\\' | '[' | ']' | '(' | ')' | '*' | '_' | '`' | '~' | '#' | '<' | '>'
-        ) {
+        if matches!(c, '\\' | '[' | ']' | '*' | '_' | '`' | '~') {
             out.push('\\');
         }
         out.push(c);
@@ -714,11 +791,14 @@ mod tests {
     #[test]
     fn html_variables_are_escaped_and_slack_ones_too() {
         let html = render(Part::EmailHtml, "<b>{{ offer.name }}</b>").unwrap();
-        assert_eq!(html, "<b>Deal &lt;b&gt;</b>");
+        assert_eq!(
+            html,
+            "<!DOCTYPE html><html><body><b>Deal &lt;b&gt;</b></body></html>"
+        );
         let slack = render(Part::Slack, "*{{ offer.name }}*").unwrap();
         assert_eq!(slack, "*Deal &lt;b&gt;*");
         let teams = render(Part::Teams, "{{ customFields.x | default('[a](b)') }}").unwrap();
-        assert_eq!(teams, "\\[a\\]\\(b\\)");
+        assert_eq!(teams, "\\[a\\](b)");
     }
 
     #[test]
@@ -748,6 +828,61 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn deep_templates_are_refused_before_any_recursion_on_a_small_stack() {
+        let deep = [
+            format!("{{% if {}1 %}}x{{% endif %}}", "not ".repeat(20_000)),
+            format!("{{{{ 1{} }}}}", "|trim".repeat(10_000)),
+            format!("{{{{ {}1 }}}}", "(".repeat(20_000)),
+            format!("{{% if 1 %}}{}{{% endif %}}", "{% elif 1 %}".repeat(5_000)),
+            format!(
+                "{}{}",
+                "{% if 1 %}".repeat(5_000),
+                "{% endif %}".repeat(5_000)
+            ),
+            format!("{{{{ 1{} }}}}", " or 1".repeat(10_000)),
+        ];
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for src in &deep {
+                    let part = if src.len() > Part::EmailHtml.max_template_bytes() {
+                        // Cut to the largest template: still far too deep.
+                        &src[..Part::EmailHtml.max_template_bytes()]
+                    } else {
+                        src
+                    };
+                    assert!(compile(Part::EmailHtml, part, true).is_err());
+                }
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+    }
+
+    #[test]
+    fn an_orgs_html_is_sanitised_and_text_parts_write_nothing_for_absent_values() {
+        let mut v = vars();
+        v.offer.url = None;
+        let html = compile(
+            Part::EmailHtml,
+            "<a href=\"javascript:x\" onclick=\"y\">a</a><script>z</script>",
+            true,
+        )
+        .unwrap()
+        .render(&v)
+        .unwrap();
+        assert_eq!(
+            html,
+            "<!DOCTYPE html><html><body><a rel=\"noopener noreferrer\">a</a></body></html>"
+        );
+        let text = compile(Part::EmailText, "[{{ offer.url }}]", true)
+            .unwrap()
+            .render(&v)
+            .unwrap();
+        assert_eq!(text, "[]");
     }
 
     #[test]

@@ -128,7 +128,10 @@ pub const MAX_CUSTOM_FIELDS: usize = 20;
 pub const MAX_CUSTOM_FIELD_CHARS: usize = 1_000;
 
 impl CustomFields {
-    pub fn parse(raw: serde_json::Map<String, serde_json::Value>) -> Result<Self, InvalidValue> {
+    /// `None` for an empty map (the same request as none).
+    pub fn parse(
+        raw: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<Self>, InvalidValue> {
         use serde_json::Value;
         if raw.len() > MAX_CUSTOM_FIELDS {
             return Err(InvalidValue(format!(
@@ -147,6 +150,16 @@ impl CustomFields {
                 )));
             }
             match v {
+                Value::String(s)
+                    if s.chars().any(|c| {
+                        (c.is_control() && c != '\n' && c != '\t')
+                            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+                    }) =>
+                {
+                    return Err(InvalidValue(format!(
+                        "customFields.{k} holds control, bidi or zero-width characters"
+                    )));
+                }
                 Value::String(s) if s.chars().count() > MAX_CUSTOM_FIELD_CHARS => {
                     return Err(InvalidValue(format!(
                         "customFields.{k} is longer than {MAX_CUSTOM_FIELD_CHARS} characters"
@@ -160,7 +173,7 @@ impl CustomFields {
                 }
             }
         }
-        Ok(Self(raw))
+        Ok((!raw.is_empty()).then_some(Self(raw)))
     }
     pub fn as_map(&self) -> &serde_json::Map<String, serde_json::Value> {
         &self.0
