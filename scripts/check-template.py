@@ -109,6 +109,16 @@ check(props("OldestPendingEventAlarm")["MetricName"] == "OldestPendingEventAge",
 check("DeliveriesUnconfirmed" in str(props("UnconfirmedDeliveriesAlarm")), "an alarm on unconfirmed deliveries")
 check(any("index/PendingEvents" in str(s.get("Resource")) for s in statements(worker)), "the worker may query the index")
 
+# The read API: its index (keyed within one organisation), its routes, its IAM.
+gsi = [g for g in props("NotifyTable").get("GlobalSecondaryIndexes", []) if g["IndexName"] == "EntityEvents"]
+check(gsi and [k["AttributeName"] for k in gsi[0]["KeySchema"]] == ["entityIndex", "sk"], "the EntityEvents index")
+paths = {e["Properties"]["Path"] for e in props(api)["Events"].values() if e["Type"] == "HttpApi"}
+for p in ["/org/{orgId}/notificationEvent", "/org/{orgId}/notificationEvent/{entityType}/{entityId}",
+          "/org/{orgId}/notificationMessage", "/org/{orgId}/notificationMessage/{notificationMessageId}"]:
+    check(p in paths, f"the route {p}")
+check(any("index/EntityEvents" in str(s.get("Resource")) for s in statements(api)), "the API function may query the EntityEvents index")
+check(not any("Scan" in str(s.get("Action")) for fn in (api, worker) for s in statements(fn)), "no function may Scan")
+
 if failures:
     print(f"{path}: {len(failures)} promise(s) broken:")
     for f in failures:

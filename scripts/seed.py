@@ -23,12 +23,19 @@ table = ddb.create_table(
         {"AttributeName": "sk", "AttributeType": "S"},
         {"AttributeName": "pendingIndex", "AttributeType": "S"},
         {"AttributeName": "resumeAt", "AttributeType": "N"},
+        {"AttributeName": "entityIndex", "AttributeType": "S"},
     ],
-    # The sweeper's index over PENDING events, as template.yaml declares it.
+    # The sweeper's index over PENDING events and the read API's index of
+    # events by entity, as template.yaml declares them.
     GlobalSecondaryIndexes=[{
         "IndexName": "PendingEvents",
         "KeySchema": [{"AttributeName": "pendingIndex", "KeyType": "HASH"}, {"AttributeName": "resumeAt", "KeyType": "RANGE"}],
         "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["pendingSince"]},
+    }, {
+        # The read API's events of one entity.
+        "IndexName": "EntityEvents",
+        "KeySchema": [{"AttributeName": "entityIndex", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"},
     }],
     BillingMode="PAY_PER_REQUEST",
 )

@@ -217,7 +217,7 @@ pub struct Edge {
 
 /// The function's entry point for every event. With metrics configured,
 /// each invocation also prints its CloudWatch EMF documents.
-pub async fn handle<U: NotifyContacts + OpenTracker + Work + Sweeper>(
+pub async fn handle<U: NotifyContacts + OpenTracker + Work + Sweeper + crate::read::EventReader>(
     use_case: &U,
     edge: &Edge,
     event: LambdaEvent<Value>,
@@ -236,7 +236,7 @@ pub async fn handle<U: NotifyContacts + OpenTracker + Work + Sweeper>(
     answer
 }
 
-async fn dispatch<U: NotifyContacts + OpenTracker + Work + Sweeper>(
+async fn dispatch<U: NotifyContacts + OpenTracker + Work + Sweeper + crate::read::EventReader>(
     use_case: &U,
     access: &Access,
     payload: Value,

@@ -11,6 +11,7 @@ use crate::config::Access;
 use crate::metrics::Outcome;
 use crate::model::{ContactIdList, CreatedBy, EntityType, IdempotencyKey, OfferId, OrgId};
 use crate::notify::{ErrorKind, NotifyCommand, NotifyContacts, NotifyError};
+use crate::read::EventReader;
 
 /// Largest body accepted. 1000 IDs of 128 characters fit with room to spare.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -28,8 +29,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("method {0} is not allowed on {ROUTE}; use POST")]
-    MethodNotAllowed(String),
+    #[error("method {method} is not allowed on {route}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        route: &'static str,
+        allow: &'static str,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -45,7 +50,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,7 +71,7 @@ impl From<NotifyError> for ApiError {
 }
 
 /// Serves one HTTP request. Never fails: every outcome is a response.
-pub async fn handle<U: NotifyContacts>(
+pub async fn handle<U: NotifyContacts + EventReader>(
     use_case: &U,
     access: &Access,
     req: Request,
@@ -75,7 +80,7 @@ pub async fn handle<U: NotifyContacts>(
 }
 
 /// Serves one HTTP request and says how it ended.
-pub async fn respond<U: NotifyContacts>(
+pub async fn respond<U: NotifyContacts + EventReader>(
     use_case: &U,
     access: &Access,
     req: Request,
@@ -84,6 +89,29 @@ pub async fn respond<U: NotifyContacts>(
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
         .unwrap_or_default();
+    // The read routes (GET): the same org check, the same error shape.
+    match read_route(&req) {
+        Ok(Some(route)) => {
+            let answer = match authorize(&req, access, &route.org) {
+                Ok(_) => crate::read::serve(use_case, &route, &query_of(&req)).await,
+                Err(e) => Err(e),
+            };
+            return match answer {
+                Ok(body) => (json(StatusCode::OK, &body), Outcome::refused("read")),
+                Err(e) => {
+                    let resp = error_response(&e, &request_id);
+                    let label = label_of(resp.status());
+                    (resp, Outcome::refused(label))
+                }
+            };
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let resp = error_response(&e, &request_id);
+            let label = label_of(resp.status());
+            return (resp, Outcome::refused(label));
+        }
+    }
     let result = match command(&req, access) {
         Ok(cmd) => use_case.notify_counted(cmd).await.map_err(ApiError::from),
         Err(e) => Err(e),
@@ -133,9 +161,9 @@ fn error_response(e: &ApiError, request_id: &str) -> Response<Body> {
         }
     };
     let mut resp = json(status, &message);
-    if status == StatusCode::METHOD_NOT_ALLOWED {
+    if let ApiError::MethodNotAllowed { allow, .. } = e {
         resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     resp
 }
@@ -155,33 +183,16 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
 pub fn command(req: &Request, access: &Access) -> Result<NotifyCommand, ApiError> {
     let (org, offer) = route(req)?;
     if req.method() != Method::POST {
-        return Err(ApiError::MethodNotAllowed(req.method().to_string()));
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            route: ROUTE,
+            allow: "POST",
+        });
     }
     let org_id = OrgId::parse(&org).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
     let offer_id =
         OfferId::parse(&offer).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
-    // Fail closed: the caller's organisation must be known, and be the path's.
-    let caller = Caller::from_request(req, &access.org_claim);
-    match (caller.authorizer, caller.organization_id.as_deref()) {
-        (false, _) if access.http_without_authorizer => {}
-        (false, _) => {
-            return Err(ApiError::Forbidden(
-                "this API serves only requests authorized by its authorizer; none authorized this one".into(),
-            ));
-        }
-        (true, None) => {
-            return Err(ApiError::Forbidden(format!(
-                "the caller's credentials name no organization (claim {}); ask for a token that carries it",
-                access.org_claim
-            )));
-        }
-        (true, Some(caller_org)) if caller_org != org_id.as_str() => {
-            return Err(ApiError::Forbidden(format!(
-                "these credentials do not grant access to organization {org_id}"
-            )));
-        }
-        (true, Some(_)) => {}
-    }
+    let caller = authorize(req, access, &org_id)?;
     let contact_ids = parse_body(req.body())?;
     let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
         None => None,
@@ -223,6 +234,81 @@ pub fn command(req: &Request, access: &Access) -> Result<NotifyCommand, ApiError
     })
 }
 
+/// Fail closed: the caller's organisation must be known, and be the path's.
+pub fn authorize(req: &Request, access: &Access, org_id: &OrgId) -> Result<Caller, ApiError> {
+    let caller = Caller::from_request(req, &access.org_claim);
+    match (caller.authorizer, caller.organization_id.as_deref()) {
+        (false, _) if access.http_without_authorizer => {}
+        (false, _) => {
+            return Err(ApiError::Forbidden(
+                "this API serves only requests authorized by its authorizer; none authorized this one".into(),
+            ));
+        }
+        (true, None) => {
+            return Err(ApiError::Forbidden(format!(
+                "the caller's credentials name no organization (claim {}); ask for a token that carries it",
+                access.org_claim
+            )));
+        }
+        (true, Some(caller_org)) if caller_org != org_id.as_str() => {
+            return Err(ApiError::Forbidden(format!(
+                "these credentials do not grant access to organization {org_id}"
+            )));
+        }
+        (true, Some(_)) => {}
+    }
+    Ok(caller)
+}
+
+/// The query string's parameters (the first value of each).
+fn query_of(req: &Request) -> std::collections::HashMap<String, String> {
+    req.query_string_parameters_ref()
+        .map(|q| {
+            q.iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A read route of the path, GET only: `None` when the path is not one.
+fn read_route(req: &Request) -> Result<Option<crate::read::ReadRoute>, ApiError> {
+    use crate::read::{ReadRoute, Target};
+    let path = req.uri().path();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let (org, target, pattern) = match segments.as_slice() {
+        [.., "org", org, "notificationEvent"] => {
+            (*org, Target::Events, "/org/{orgId}/notificationEvent")
+        }
+        [.., "org", org, "notificationEvent", t, id] => (
+            *org,
+            Target::EntityEvents {
+                entity_type: (*t).to_owned(),
+                entity_id: (*id).to_owned(),
+            },
+            "/org/{orgId}/notificationEvent/{entityType}/{entityId}",
+        ),
+        [.., "org", org, "notificationMessage"] => {
+            (*org, Target::Messages, "/org/{orgId}/notificationMessage")
+        }
+        [.., "org", org, "notificationMessage", id] => (
+            *org,
+            Target::Message((*id).to_owned()),
+            "/org/{orgId}/notificationMessage/{notificationMessageId}",
+        ),
+        _ => return Ok(None),
+    };
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            route: pattern,
+            allow: "GET",
+        });
+    }
+    let org = OrgId::parse(org).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+    Ok(Some(ReadRoute { org, target }))
+}
+
 /// The path's orgId and offerId: from API Gateway's path parameters when it
 /// gives them, else from the path itself (Function URLs, ALB, a stage prefix).
 fn route(req: &Request) -> Result<(String, String), ApiError> {
@@ -237,7 +323,7 @@ fn route(req: &Request) -> Result<(String, String), ApiError> {
             Ok(((*org).to_owned(), (*offer).to_owned()))
         }
         _ => Err(ApiError::NotFound(format!(
-            "no such route; the endpoint is POST {ROUTE}"
+            "no such route; the routes are POST {ROUTE}, GET /org/{{orgId}}/notificationEvent[/{{entityType}}/{{entityId}}] and GET /org/{{orgId}}/notificationMessage[/{{id}}]"
         ))),
     }
 }

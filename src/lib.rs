@@ -13,6 +13,7 @@ pub mod notify;
 pub mod outbound;
 pub mod ports;
 pub mod rate;
+pub mod read;
 pub mod telemetry;
 pub mod tracking;
 pub mod work;

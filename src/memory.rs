@@ -613,6 +613,99 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
+impl crate::read::EventReader for MemoryStore {
+    async fn list_events(
+        &self,
+        org: &OrgId,
+        q: &crate::read::ListQuery,
+    ) -> Result<crate::read::EventList, StoreError> {
+        self.check(StoreOp::ReadEvent)?;
+        let mut found = self.in_scope(org, &q.scope);
+        if let Some(b) = &q.before {
+            found.retain(|e| e.event_id.as_deref().is_some_and(|id| id < b.as_str()));
+        }
+        let more = found.len() > q.offset + q.limit;
+        let events = found
+            .into_iter()
+            .skip(q.offset)
+            .take(q.limit)
+            .map(|mut e| {
+                e.contact_ids = None;
+                e.contact_emails = None;
+                e
+            })
+            .collect();
+        Ok(crate::read::EventList { events, more })
+    }
+
+    async fn count_events(
+        &self,
+        org: &OrgId,
+        scope: &crate::read::Scope,
+    ) -> Result<usize, StoreError> {
+        self.check(StoreOp::ReadEvent)?;
+        Ok(self.in_scope(org, scope).len())
+    }
+
+    async fn event_messages(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError> {
+        self.check(StoreOp::ReadEvent)?;
+        Ok(
+            MemoryStore::event(self, org.as_str(), event_id)
+                .map(|e| (e, self.deliveries(event_id))),
+        )
+    }
+
+    async fn delivery(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        channel: &str,
+        contact: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.check(StoreOp::ReadEvent)?;
+        if MemoryStore::event(self, org.as_str(), event_id).is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .deliveries(event_id)
+            .into_iter()
+            .find(|d| d.key() == format!("{channel}#{contact}")))
+    }
+}
+
+impl MemoryStore {
+    /// The organisation's events in `scope`, newest first (IDs are UUIDv7).
+    fn in_scope(&self, org: &OrgId, scope: &crate::read::Scope) -> Vec<NotificationEvent> {
+        use crate::read::{Scope, time_bound};
+        let mut found: Vec<NotificationEvent> = lock(&self.events)
+            .iter()
+            .filter(|((o, _), _)| o == org.as_str())
+            .map(|(_, e)| e.clone())
+            .filter(|e| {
+                let id = e.event_id.as_deref().unwrap_or_default();
+                match scope {
+                    Scope::Org { from_ms, to_ms } => {
+                        id >= time_bound(*from_ms).as_str() && id < time_bound(*to_ms).as_str()
+                    }
+                    Scope::Entity {
+                        entity_type,
+                        entity_id,
+                    } => {
+                        e.entity_type.as_ref().map(|t| t.as_str()) == Some(entity_type.as_str())
+                            && e.entity_id.as_deref() == Some(entity_id.as_str())
+                    }
+                }
+            })
+            .collect();
+        found.sort_by(|a, b| b.event_id.cmp(&a.event_id));
+        found
+    }
+}
+
 impl crate::tracking::OpenTracker for MemoryStore {
     async fn record_open(
         &self,

@@ -130,3 +130,141 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
     );
     assert_eq!(env.items("org-bulk", "DELIVERY#").await.len(), 250);
 }
+
+/// Puts `items` with BatchWriteItem, 25 at a time.
+async fn put_all(env: &TestEnv, items: Vec<serde_json::Value>) {
+    let client = env.dynamo();
+    for chunk in items.chunks(25) {
+        let writes = chunk
+            .iter()
+            .map(|i| {
+                aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(
+                        aws_sdk_dynamodb::types::PutRequest::builder()
+                            .set_item(Some(serde_dynamo::to_item(i).unwrap()))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+            })
+            .collect();
+        client
+            .batch_write_item()
+            .request_items(&env.table, writes)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn each_read_route_costs_a_query_or_two_for_1000_events_and_1000_messages() {
+    use notify_offer_contacts::read::{ReadRoute, Target, serve};
+    let env = TestEnv::new().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // 1,000 events over the last 10 days, as the function stores them.
+    let events: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            let at = (now - i * 864) as u64;
+            let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, at, 0)).to_string();
+            json!({"pk": "ORG#org-bulk", "sk": format!("EVENT#{id}"), "eventID": id,
+                "organizationID": "org-bulk", "entityType": "OFFER", "entityID": "big",
+                "entityIndex": "ORG#org-bulk#OFFER#big", "eventStatus": "DONE", "action": "NOTIFY_CONTACTS",
+                "title": "Private offer on AWS Marketplace: Bulk offer", "message": "m".repeat(300),
+                "contactIds": ["a", "b", "c"], "contactEmails": ["a@x.example"],
+                "info": {"deliverySummary": {"EMAIL": {"sent": 3, "skipped": 0, "failed": 0}}}})
+        })
+        .collect();
+    let busy = events[0]["eventID"].as_str().unwrap().to_owned();
+    put_all(&env, events).await;
+    // 1,000 messages in the newest event's ledger.
+    let ledger: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            json!({"pk": "ORG#org-bulk", "sk": format!("DELIVERY#{busy}#EMAIL#c{i}"), "channel": "EMAIL",
+                "contactId": format!("c{i}"), "status": "SENT", "messageId": format!("ses-{i}"),
+                "time": "2026-11-30T10:00:00Z", "eventID": busy, "organizationID": "org-bulk"})
+        })
+        .collect();
+    put_all(&env, ledger).await;
+
+    let counter = CallCounter::default();
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&env.sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let store = DynamoStore::new(dynamo, env.table.clone());
+    let org = OrgId::parse("org-bulk").unwrap();
+    let mut measured = Vec::new();
+    for (name, target, query) in [
+        (
+            "GET notificationEvent (30 days, limit 1000)",
+            Target::Events,
+            vec![],
+        ),
+        (
+            "GET notificationEvent/OFFER/big (limit 1000)",
+            Target::EntityEvents {
+                entity_type: "OFFER".into(),
+                entity_id: "big".into(),
+            },
+            vec![],
+        ),
+        (
+            "GET notificationMessage?eventId (1000 messages)",
+            Target::Messages,
+            vec![("eventId".to_owned(), busy.clone())],
+        ),
+        (
+            "GET notificationMessage/{id}",
+            Target::Message(format!("{busy}.EMAIL.c7")),
+            vec![],
+        ),
+    ] {
+        counter.0.lock().unwrap().clear();
+        let route = ReadRoute {
+            org: org.clone(),
+            target,
+        };
+        let answer = serve(&store, &route, &query.into_iter().collect())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut calls = counter.0.lock().unwrap().clone();
+        calls.remove(ITEMS);
+        calls.retain(|_, n| *n > 0);
+        println!("{name}: {calls:?}");
+        measured.push((name, calls, answer));
+    }
+    let count = |i: usize, op: &str| measured[i].1.get(op).copied().unwrap_or(0);
+    // The list and its count: one Query each (a page holds the 1,000).
+    assert_eq!(
+        measured[0].2["notificationEvents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1000
+    );
+    assert_eq!(measured[0].2["totalCount"], 1000);
+    assert_eq!((count(0, "Query"), measured[0].1.len()), (2, 1));
+    assert_eq!(
+        measured[1].2["notificationEvents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1000
+    );
+    assert_eq!((count(1, "Query"), measured[1].1.len()), (2, 1));
+    // The event (GetItem) and its ledger (one Query).
+    assert_eq!(
+        measured[2].2["notificationMessages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1000
+    );
+    assert_eq!((count(2, "GetItem"), count(2, "Query")), (1, 1));
+    assert_eq!((count(3, "GetItem"), measured[3].1.len()), (1, 1));
+    assert_eq!(measured[3].2["recipient"], "c7");
+    // No Scan anywhere.
+    assert!(measured.iter().all(|(_, c, _)| !c.contains_key("Scan")));
+}

@@ -79,6 +79,11 @@ async fn http_api_notify_all_sends_email_sms_and_topic_then_stores_the_event() {
     let obj = stored.as_object_mut().unwrap();
     assert_eq!(obj.remove("pk"), Some(json!("ORG#org-demo")));
     assert!(obj.remove("sk").is_some());
+    // The read API's index key (EntityEvents), within the organisation.
+    assert_eq!(
+        obj.remove("entityIndex"),
+        Some(json!("ORG#org-demo#OFFER#offer-demo"))
+    );
     assert_eq!(&stored, event);
     let ledger = env
         .items(
@@ -234,7 +239,7 @@ async fn an_unknown_route_is_404() {
     assert_eq!(answer.status, 404);
     assert_eq!(
         answer.message(),
-        "no such route; the endpoint is POST /org/{orgId}/offer/{offerId}/notifyContacts"
+        "no such route; the routes are POST /org/{orgId}/offer/{offerId}/notifyContacts, GET /org/{orgId}/notificationEvent[/{entityType}/{entityId}] and GET /org/{orgId}/notificationMessage[/{id}]"
     );
 }
 

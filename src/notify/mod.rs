@@ -887,6 +887,40 @@ pub(crate) fn conclude(event: &mut NotificationEvent, recorded: &[Delivery]) -> 
     status
 }
 
+impl<S: crate::read::EventReader> crate::read::EventReader for Notifier<S> {
+    fn list_events(
+        &self,
+        org: &OrgId,
+        q: &crate::read::ListQuery,
+    ) -> impl Future<Output = Result<crate::read::EventList, StoreError>> + Send {
+        self.store.list_events(org, q)
+    }
+    fn count_events(
+        &self,
+        org: &OrgId,
+        scope: &crate::read::Scope,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        self.store.count_events(org, scope)
+    }
+    fn event_messages(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError>> + Send
+    {
+        self.store.event_messages(org, event_id)
+    }
+    fn delivery(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        channel: &str,
+        contact: &str,
+    ) -> impl Future<Output = Result<Option<Delivery>, StoreError>> + Send {
+        self.store.delivery(org, event_id, channel, contact)
+    }
+}
+
 impl<S: crate::tracking::OpenTracker> crate::tracking::OpenTracker for Notifier<S> {
     fn record_open(
         &self,

@@ -352,12 +352,25 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         )
         .build()
         .unwrap();
+    // The read API's index of events by entity, as template.yaml declares it.
+    let entity = GlobalSecondaryIndex::builder()
+        .index_name(notify_offer_contacts::aws::dynamo::ENTITY_INDEX)
+        .key_schema(key("entityIndex", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .unwrap();
     aws_sdk_dynamodb::Client::new(sdk)
         .create_table()
         .table_name(table)
         .attribute_definitions(attr("pk"))
         .attribute_definitions(attr("sk"))
         .attribute_definitions(attr("pendingIndex"))
+        .attribute_definitions(attr("entityIndex"))
         .attribute_definitions(
             AttributeDefinition::builder()
                 .attribute_name("resumeAt")
@@ -368,6 +381,7 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         .key_schema(key("pk", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
         .global_secondary_indexes(pending)
+        .global_secondary_indexes(entity)
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await

@@ -256,7 +256,7 @@ impl EventStore for DynamoStore {
 const CLOSE_OP: &str = "close event";
 
 /// Every attribute of an event but the lists that grow with its recipients.
-const EVENT_WITHOUT_LISTS: &[&str] = &[
+pub(super) const EVENT_WITHOUT_LISTS: &[&str] = &[
     "action",
     "ccContactIds",
     "channels",

@@ -5,12 +5,14 @@
 //! the path's organisation, so no call can reach another tenant's items.
 
 mod events;
+mod history;
 mod keys;
 mod ledger;
 mod reads;
 mod work;
 
 pub use events::PENDING_INDEX;
+pub use history::ENTITY_INDEX;
 pub use ledger::delivery_sk;
 pub use work::work_sk;
 
@@ -185,6 +187,7 @@ impl DynamoStore {
         let mut item: Item = serde_dynamo::to_item(event).map_err(malformed(op))?;
         item.extend(key(pk, sk));
         item.extend(events::pending_index(event));
+        item.extend(history::entity_index(event));
         match self.put_item_if(op, item, condition, &[], values).await? {
             true => Ok(()),
             false => Err(StoreError::Conflict { op }),

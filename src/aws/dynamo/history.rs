@@ -1,0 +1,176 @@
+//! The read API's queries (`crate::read`): an organisation's events by
+//! time, one entity's events through the `EntityEvents` index, one ledger
+//! entry. Every key condition starts with the organisation.
+
+use super::events::EVENT_WITHOUT_LISTS;
+use super::*;
+use crate::read::{EventList, EventReader, ListQuery, Scope, time_bound};
+
+/// The index of events by entity: hash `entityIndex`
+/// (`ORG#{orgId}#{entityType}#{entityId}`), range `sk`; every attribute
+/// projected, so a page is one Query.
+pub const ENTITY_INDEX: &str = "EntityEvents";
+/// Query pages a list or a count reads at most (each up to 1 MB).
+const MAX_PAGES: usize = 40;
+
+/// `entityIndex` for an event that names its organisation and entity.
+pub(super) fn entity_index(event: &NotificationEvent) -> Vec<(String, AttributeValue)> {
+    let org = event
+        .organization_id
+        .as_deref()
+        .and_then(|o| OrgId::parse(o).ok());
+    match (org, &event.entity_type, &event.entity_id) {
+        (Some(org), Some(t), Some(id)) => vec![(
+            "entityIndex".to_owned(),
+            AttributeValue::S(entity_key(&org, t.as_str(), id)),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn entity_key(org: &OrgId, entity_type: &str, entity_id: &str) -> String {
+    format!("{}#{entity_type}#{entity_id}", org_pk(org))
+}
+
+/// The key condition of a scope: its index, expression and values.
+fn condition(
+    org: &OrgId,
+    scope: &Scope,
+    before: Option<&str>,
+) -> (
+    Option<&'static str>,
+    &'static str,
+    Vec<(&'static str, String)>,
+) {
+    let (index, cond, key, lo, mut hi) = match scope {
+        Scope::Org { from_ms, to_ms } => (
+            None,
+            "pk = :k AND sk BETWEEN :lo AND :hi",
+            org_pk(org),
+            event_sk(&time_bound(*from_ms)),
+            event_sk(&time_bound(*to_ms)),
+        ),
+        Scope::Entity {
+            entity_type,
+            entity_id,
+        } => (
+            Some(ENTITY_INDEX),
+            "entityIndex = :k AND sk BETWEEN :lo AND :hi",
+            entity_key(org, entity_type, entity_id),
+            event_sk(""),
+            event_sk("~"),
+        ),
+    };
+    if let Some(b) = before {
+        hi = hi.min(event_sk(b));
+    }
+    (index, cond, vec![(":k", key), (":lo", lo), (":hi", hi)])
+}
+
+impl EventReader for DynamoStore {
+    async fn list_events(&self, org: &OrgId, q: &ListQuery) -> Result<EventList, StoreError> {
+        const OP: &str = "list events";
+        let (index, cond, values) = condition(org, &q.scope, q.before.as_deref());
+        let cursor = q.before.as_deref().map(event_sk);
+        // One more than the page, to know whether more follow.
+        let want = q.offset + q.limit + 1;
+        let mut found: Vec<NotificationEvent> = Vec::new();
+        let mut start: Option<Item> = None;
+        for _ in 0..MAX_PAGES {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression(cond)
+                .scan_index_forward(false)
+                .limit((want - found.len()).min(i32::MAX as usize) as i32)
+                .set_exclusive_start_key(start.take());
+            for (k, v) in &values {
+                query = query.expression_attribute_values(*k, AttributeValue::S(v.clone()));
+            }
+            let mut names = Vec::with_capacity(EVENT_WITHOUT_LISTS.len() + 1);
+            for (i, a) in EVENT_WITHOUT_LISTS.iter().chain(["sk"].iter()).enumerate() {
+                names.push(format!("#a{i}"));
+                query = query.expression_attribute_names(format!("#a{i}"), *a);
+            }
+            let page = query
+                .projection_expression(names.join(", "))
+                .send()
+                .await
+                .map_err(unavailable(OP))?;
+            for mut item in page.items.unwrap_or_default() {
+                let sk = item.remove("sk");
+                if let (Some(c), Some(AttributeValue::S(sk))) = (&cursor, &sk)
+                    && sk == c
+                {
+                    continue;
+                }
+                found.push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && found.len() < want => start = Some(k),
+                _ => break,
+            }
+        }
+        let more = found.len() > q.offset + q.limit;
+        let events = found.into_iter().skip(q.offset).take(q.limit).collect();
+        Ok(EventList { events, more })
+    }
+
+    async fn count_events(&self, org: &OrgId, scope: &Scope) -> Result<usize, StoreError> {
+        const OP: &str = "count events";
+        let (index, cond, values) = condition(org, scope, None);
+        let mut count = 0usize;
+        let mut start: Option<Item> = None;
+        for _ in 0..MAX_PAGES {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression(cond)
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take());
+            for (k, v) in &values {
+                query = query.expression_attribute_values(*k, AttributeValue::S(v.clone()));
+            }
+            let page = query.send().await.map_err(unavailable(OP))?;
+            count += page.count.max(0) as usize;
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(count)
+    }
+
+    async fn event_messages(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> Result<Option<(NotificationEvent, Vec<Delivery>)>, StoreError> {
+        self.event_with_deliveries_in(org, event_id).await
+    }
+
+    async fn delivery(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        channel: &str,
+        contact: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
+        const OP: &str = "read delivery";
+        let item = self
+            .get_projected(
+                OP,
+                org_pk(org),
+                format!("DELIVERY#{event_id}#{channel}#{contact}"),
+                false,
+                &[],
+            )
+            .await?;
+        item.map(|i| serde_dynamo::from_item(i).map_err(malformed(OP)))
+            .transpose()
+    }
+}
