@@ -642,9 +642,9 @@ impl crate::read::EventReader for MemoryStore {
         &self,
         org: &OrgId,
         scope: &crate::read::Scope,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
         self.check(StoreOp::ReadEvent)?;
-        Ok(self.in_scope(org, scope).len())
+        Ok(Some(self.in_scope(org, scope).len()))
     }
 
     async fn event_messages(

@@ -59,12 +59,13 @@ pub trait EventReader: Send + Sync {
         org: &OrgId,
         q: &ListQuery,
     ) -> impl Future<Output = Result<EventList, StoreError>> + Send;
-    /// How many events the scope holds (counted by the index, not read).
+    /// How many events the scope holds (counted by the key condition, not
+    /// read); `None` when there were too many to count in one request.
     fn count_events(
         &self,
         org: &OrgId,
         scope: &Scope,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send;
     /// An event and its whole ledger (its messages).
     fn event_messages(
         &self,
@@ -85,10 +86,13 @@ pub trait EventReader: Send + Sync {
 pub const MAX_LIMIT: usize = 1000;
 /// The deepest `offset` served (each skipped event is read); beyond, use
 /// the cursor.
-pub const MAX_OFFSET: usize = 10_000;
-/// An answer stays under Lambda's 6 MB response limit: a page stops early
+pub const MAX_OFFSET: usize = 2_000;
+/// The widest day range one list reads.
+pub const MAX_DAYS: i64 = 366;
+/// An answer stays under Lambda's 6 MB response limit, which counts the
+/// body once more escaped inside API Gateway's envelope: a page stops early
 /// past this many bytes of events, and says where to go on.
-pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_ANSWER_BYTES: usize = 2_500_000;
 
 /// The event ID of a UUIDv7 as a sort-key bound: its first 48 bits are the
 /// creation time in ms, written as the ID's first 13 characters.
@@ -100,7 +104,14 @@ pub fn time_bound(ms: i64) -> String {
 /// `YYYY-MM-DD` (UTC) as epoch ms at its midnight.
 pub fn day_ms(day: &str) -> Option<i64> {
     let b = day.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !digits(0..4)
+        || !digits(5..7)
+        || !digits(8..10)
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| day.get(r)?.parse::<u16>().ok();
@@ -130,6 +141,11 @@ pub fn date_scope(
     let start_day = parse("startDate", start)?.unwrap_or(end_day - 29 * DAY_MS);
     if start_day > end_day {
         return Err("startDate is after endDate".into());
+    }
+    if (end_day - start_day) / DAY_MS >= MAX_DAYS {
+        return Err(format!(
+            "the days from startDate to endDate are more than {MAX_DAYS}; ask for a shorter range"
+        ));
     }
     Ok(Scope::Org {
         from_ms: start_day,
@@ -365,12 +381,10 @@ pub async fn serve<R: EventReader>(
                 .await
                 .map_err(store_failed)?;
             let total = if offset == 0 && before.is_none() {
-                Some(
-                    reader
-                        .count_events(org, &scope)
-                        .await
-                        .map_err(store_failed)?,
-                )
+                reader
+                    .count_events(org, &scope)
+                    .await
+                    .map_err(store_failed)?
             } else {
                 None
             };

@@ -166,7 +166,7 @@ where
                 },
                 WebhookWork::Attempted(d) => Worked {
                     done: WorkDone::Recorded,
-                    recorded: vec![d],
+                    recorded: vec![*d],
                 },
             });
         }

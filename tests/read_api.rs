@@ -270,6 +270,22 @@ async fn bad_parameters_are_a_400_with_a_sentence() {
         assert_eq!(a.status, 400, "{path} {query:?}: {}", a.body);
         assert!(a.message().contains(says), "{path}: {}", a.message());
     }
+    let a = read(
+        &env,
+        events,
+        &[("startDate", "2020-01-01"), ("endDate", "2026-11-30")],
+        "org-demo",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(a.message().contains("more than 366"), "{}", a.message());
+    // A cursor older than the range (an old page while the days moved on):
+    // an empty page, not an error.
+    let old = "0193a000-0000-7000-8000-000000000000";
+    let a = read(&env, events, &[("cursor", old)], "org-demo").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["notificationEvents"], json!([]));
+    assert_eq!(a.body["nextCursor"], Value::Null);
     // An unknown event or message: 404.
     let unknown = "0193a000-0000-7000-8000-000000000000";
     let a = read(

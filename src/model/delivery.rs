@@ -60,6 +60,76 @@ pub struct Delivery {
         with = "time::serde::rfc3339::option"
     )]
     pub retry_at: Option<OffsetDateTime>,
+    /// What the provider reported after it accepted the message (SES
+    /// events): the furthest state reached on `DeliveryOutcome`'s ladder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DeliveryOutcome>,
+    /// The provider's reason for `outcome` (bounce type, complaint type...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_reason: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub outcome_at: Option<OffsetDateTime>,
+    /// Engagement, beside the outcome: opens and link clicks reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clicks: Option<u32>,
+}
+
+/// What happened to a message after the provider accepted it (`SENT`), as
+/// its feedback reports it. A delivery only moves up this ladder (`rank`):
+/// a late DELIVERED never replaces a BOUNCED, and a redelivered or
+/// out-of-order report changes nothing.
+///
+/// | outcome | from (SES event) | rank | counts as |
+/// |---|---|---|---|
+/// | DELAYED | DeliveryDelay, a Transient or Undetermined Bounce | 1 | sent |
+/// | DELIVERED | Delivery | 2 | sent |
+/// | BOUNCED | Bounce, Permanent (not a suppression list) | 3 | failed |
+/// | SUPPRESSED | Bounce, Permanent, OnAccountSuppressionList or OnSuppressionList | 3 | failed |
+/// | REJECTED | Reject, RenderingFailure | 3 | failed |
+/// | COMPLAINED | Complaint | 4 | sent (it arrived; the recipient complained) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryOutcome {
+    Delayed,
+    Delivered,
+    Bounced,
+    Suppressed,
+    Rejected,
+    Complained,
+}
+
+impl DeliveryOutcome {
+    pub fn rank(self) -> u8 {
+        match self {
+            DeliveryOutcome::Delayed => 1,
+            DeliveryOutcome::Delivered => 2,
+            DeliveryOutcome::Bounced | DeliveryOutcome::Suppressed | DeliveryOutcome::Rejected => 3,
+            DeliveryOutcome::Complained => 4,
+        }
+    }
+    /// The message did not reach its recipient: a failed delivery.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            DeliveryOutcome::Bounced | DeliveryOutcome::Suppressed | DeliveryOutcome::Rejected
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delayed => "DELAYED",
+            DeliveryOutcome::Delivered => "DELIVERED",
+            DeliveryOutcome::Bounced => "BOUNCED",
+            DeliveryOutcome::Suppressed => "SUPPRESSED",
+            DeliveryOutcome::Rejected => "REJECTED",
+            DeliveryOutcome::Complained => "COMPLAINED",
+        }
+    }
 }
 
 impl Delivery {
@@ -79,7 +149,17 @@ impl Delivery {
             batch: None,
             attempts: None,
             retry_at: None,
+            outcome: None,
+            outcome_reason: None,
+            outcome_at: None,
+            opens: None,
+            clicks: None,
         }
+    }
+    /// Sent and not reported lost since (a bounce, a suppression, a reject).
+    pub fn reached(&self) -> bool {
+        self.status == DeliveryStatus::Sent
+            && !self.outcome.is_some_and(DeliveryOutcome::is_failure)
     }
     /// True once nothing more will happen to it: sent, skipped, failed or unconfirmed.
     pub fn is_settled(&self) -> bool {

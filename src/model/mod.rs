@@ -6,7 +6,7 @@ pub mod event;
 pub mod ids;
 pub mod offer;
 
-pub use delivery::{Delivery, DeliveryStatus};
+pub use delivery::{Delivery, DeliveryOutcome, DeliveryStatus};
 pub use enums::*;
 pub use event::{CreatedBy, NotificationEvent, TrackEvent};
 pub use ids::{

@@ -116,7 +116,7 @@ pub(crate) enum WebhookWork {
     /// Its entry was not waiting for this message (done, or taken by another receive).
     Nothing,
     /// An attempt was made (or the target was gone): its entry as written.
-    Attempted(Delivery),
+    Attempted(Box<Delivery>),
 }
 
 impl<S> Notifier<S>
@@ -371,9 +371,9 @@ where
                     "AttemptLost",
                     "the attempt's worker stopped before its answer was recorded",
                 );
-                return Ok(WebhookWork::Attempted(
+                return Ok(WebhookWork::Attempted(Box::new(
                     self.after_failure(org, &event, n, &e).await?,
-                ));
+                )));
             }
             _ => return Ok(WebhookWork::Nothing),
         }
@@ -407,7 +407,7 @@ where
                 .await
                 .all_or_error()?;
             return Ok(if written.first() == Some(&true) {
-                WebhookWork::Attempted(f)
+                WebhookWork::Attempted(Box::new(f))
             } else {
                 WebhookWork::Nothing
             });
@@ -423,9 +423,9 @@ where
         if taken.written.first() != Some(&Written::Yes) {
             return Ok(WebhookWork::Nothing);
         }
-        Ok(WebhookWork::Attempted(
+        Ok(WebhookWork::Attempted(Box::new(
             self.attempt(org, &event, &name, n, deadline).await?,
-        ))
+        )))
     }
 
     /// Signs and posts the final event to the organisation's endpoint, within
