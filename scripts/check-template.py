@@ -109,6 +109,11 @@ check(props("OldestPendingEventAlarm")["MetricName"] == "OldestPendingEventAge",
 check("DeliveriesUnconfirmed" in str(props("UnconfirmedDeliveriesAlarm")), "an alarm on unconfirmed deliveries")
 check(any("index/PendingEvents" in str(s.get("Resource")) for s in statements(worker)), "the worker may query the index")
 
+# Provider feedback: the configuration set reports what happened to each email.
+dest = [r for r in t["Resources"].values() if r.get("Type") == "AWS::SES::ConfigurationSetEventDestination"]
+kinds = set(dest[0]["Properties"]["EventDestination"]["MatchingEventTypes"]) if dest else set()
+check({"delivery", "bounce", "complaint", "reject", "open"} <= kinds, "SES reports deliveries, bounces, complaints, rejects and opens to the function")
+
 # The read API: its index (keyed within one organisation), its routes, its IAM.
 gsi = [g for g in props("NotifyTable").get("GlobalSecondaryIndexes", []) if g["IndexName"] == "EntityEvents"]
 check(gsi and [k["AttributeName"] for k in gsi[0]["KeySchema"]] == ["entityIndex", "sk"], "the EntityEvents index")

@@ -217,7 +217,14 @@ pub struct Edge {
 
 /// The function's entry point for every event. With metrics configured,
 /// each invocation also prints its CloudWatch EMF documents.
-pub async fn handle<U: NotifyContacts + OpenTracker + Work + Sweeper + crate::read::EventReader>(
+pub async fn handle<
+    U: NotifyContacts
+        + OpenTracker
+        + Work
+        + Sweeper
+        + crate::read::EventReader
+        + crate::feedback::FeedbackTracker,
+>(
     use_case: &U,
     edge: &Edge,
     event: LambdaEvent<Value>,
@@ -236,7 +243,14 @@ pub async fn handle<U: NotifyContacts + OpenTracker + Work + Sweeper + crate::re
     answer
 }
 
-async fn dispatch<U: NotifyContacts + OpenTracker + Work + Sweeper + crate::read::EventReader>(
+async fn dispatch<
+    U: NotifyContacts
+        + OpenTracker
+        + Work
+        + Sweeper
+        + crate::read::EventReader
+        + crate::feedback::FeedbackTracker,
+>(
     use_case: &U,
     access: &Access,
     payload: Value,
@@ -383,14 +397,35 @@ async fn work_batch<U: Work>(
 }
 
 /// Applies the opens among SES events; everything else is counted and dropped.
-async fn track_opens<U: OpenTracker>(
+async fn track_opens<U: OpenTracker + crate::feedback::FeedbackTracker>(
     tracker: &U,
     messages: &[(String, String)],
 ) -> Result<Value, crate::ports::StoreError> {
+    use crate::feedback::Applied;
     let (mut recorded, mut duplicates, mut ignored, mut dropped) = (0, 0, 0, 0);
+    let mut applied = 0;
     for (message_id, message) in messages {
         match crate::tracking::parse_open(message_id, message) {
-            Ok(None) => ignored += 1,
+            // Not an open: a delivery, bounce, complaint, click...
+            Ok(None) => match crate::feedback::parse_feedback(message_id, message) {
+                Ok(None) => ignored += 1,
+                Err(why) => {
+                    tracing::warn!(reason = why, sns_message_id = %message_id, "SES event dropped");
+                    dropped += 1;
+                }
+                Ok(Some(f)) => match tracker.apply_feedback(&f).await? {
+                    Applied::Moved(outcome) => {
+                        tracing::info!(event_id = %f.event_id, outcome = outcome.as_str(), "provider feedback applied");
+                        applied += 1;
+                    }
+                    Applied::Counted => applied += 1,
+                    Applied::Stale => duplicates += 1,
+                    Applied::Unknown => {
+                        tracing::warn!(event_id = %f.event_id, sns_message_id = %message_id, "feedback names no delivery of ours; dropped");
+                        dropped += 1;
+                    }
+                },
+            },
             Err(why) => {
                 tracing::warn!(reason = why, sns_message_id = %message_id, "SES event dropped");
                 dropped += 1;
@@ -406,7 +441,7 @@ async fn track_opens<U: OpenTracker>(
         }
     }
     Ok(
-        json!({"opensRecorded": recorded, "duplicates": duplicates, "ignored": ignored, "dropped": dropped}),
+        json!({"opensRecorded": recorded, "feedbackApplied": applied, "duplicates": duplicates, "ignored": ignored, "dropped": dropped}),
     )
 }
 

@@ -5,6 +5,7 @@ pub mod aws;
 pub mod channels;
 pub mod config;
 pub mod event;
+pub mod feedback;
 pub mod http;
 pub mod memory;
 pub mod metrics;

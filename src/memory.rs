@@ -706,6 +706,45 @@ impl MemoryStore {
     }
 }
 
+impl crate::feedback::FeedbackTracker for MemoryStore {
+    async fn apply_feedback(
+        &self,
+        f: &crate::feedback::Feedback,
+    ) -> Result<crate::feedback::Applied, StoreError> {
+        use crate::feedback::{Applied, Report};
+        self.check(StoreOp::ReadEvent)?;
+        if MemoryStore::event(self, f.org.as_str(), &f.event_id).is_none() {
+            return Ok(Applied::Unknown);
+        }
+        let mut all = lock(&self.deliveries);
+        let Some(d) = all.get_mut(&f.event_id).and_then(|l| {
+            l.iter_mut().rev().find(|d| {
+                d.channel == crate::model::NotificationChannel::Email
+                    && d.contact_id.as_deref() == Some(f.contact.as_str())
+                    && d.status == crate::model::DeliveryStatus::Sent
+                    && d.message_id.as_deref() == Some(f.provider_message_id.as_str())
+            })
+        }) else {
+            return Ok(Applied::Unknown);
+        };
+        Ok(match &f.report {
+            Report::Click => {
+                d.clicks = Some(d.clicks.unwrap_or(0) + 1);
+                Applied::Counted
+            }
+            Report::Outcome(o, _) if d.outcome.is_some_and(|now| now.rank() >= o.rank()) => {
+                Applied::Stale
+            }
+            Report::Outcome(o, reason) => {
+                d.outcome = Some(*o);
+                d.outcome_reason = Some(reason.clone());
+                d.outcome_at = Some(f.at);
+                Applied::Moved(*o)
+            }
+        })
+    }
+}
+
 impl crate::tracking::OpenTracker for MemoryStore {
     async fn record_open(
         &self,

@@ -193,7 +193,17 @@ pub fn message(
 ) -> Value {
     let mut custom = Map::new();
     custom.insert("eventID".into(), json!(event_id));
-    custom.insert("status".into(), json!(d.status));
+    // What happened last: the provider's report once there is one (DELIVERED,
+    // BOUNCED, SUPPRESSED, COMPLAINED...), else what this function did.
+    match d.outcome {
+        Some(o) => {
+            custom.insert("status".into(), json!(o));
+            custom.insert("sendStatus".into(), json!(d.status));
+        }
+        None => {
+            custom.insert("status".into(), json!(d.status));
+        }
+    }
     for (k, v) in [
         ("contactId", d.contact_id.as_ref().map(|c| json!(c))),
         ("reason", d.reason.as_ref().map(|r| json!(r))),
@@ -208,6 +218,17 @@ pub fn message(
                 })
                 .map(|t| json!(t)),
         ),
+        ("outcomeReason", d.outcome_reason.as_ref().map(|r| json!(r))),
+        (
+            "outcomeAt",
+            d.outcome_at
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(|t| json!(t)),
+        ),
+        ("clicks", d.clicks.map(|c| json!(c))),
     ] {
         if let Some(v) = v {
             custom.insert(k.into(), v);

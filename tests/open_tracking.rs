@@ -36,7 +36,7 @@ async fn the_first_open_per_contact_is_tracked_and_redelivery_counts_once() {
     let out = env.invoke(open_event(&id, "c-ann", "sns-1")).await.unwrap();
     assert_eq!(
         out,
-        json!({"opensRecorded": 1, "duplicates": 0, "ignored": 0, "dropped": 0})
+        json!({"opensRecorded": 1, "feedbackApplied": 0, "duplicates": 0, "ignored": 0, "dropped": 0})
     );
     let out = env.invoke(open_event(&id, "c-ann", "sns-1")).await.unwrap();
     assert_eq!(out["duplicates"], 1, "an SNS redelivery is applied once");
@@ -82,10 +82,16 @@ async fn unknown_malformed_and_other_ses_events_are_dropped_never_a_crash() {
     tricky["Records"][0]["Sns"]["Message"] = json!(ses.to_string());
     assert_eq!(env.invoke(tricky).await.unwrap()["dropped"], 1);
 
+    // A Delivery is feedback now (tests/feedback.rs): without tags, dropped.
     let mut delivery = common::read_json("events/sns-ses-open.json");
     delivery["Records"][0]["Sns"]["Message"] =
         json!(json!({"eventType": "Delivery", "mail": {}}).to_string());
-    assert_eq!(env.invoke(delivery).await.unwrap()["ignored"], 1);
+    assert_eq!(env.invoke(delivery).await.unwrap()["dropped"], 1);
+    // A Send says nothing the ledger does not: ignored.
+    let mut send = common::read_json("events/sns-ses-open.json");
+    send["Records"][0]["Sns"]["Message"] =
+        json!(json!({"eventType": "Send", "mail": {}}).to_string());
+    assert_eq!(env.invoke(send).await.unwrap()["ignored"], 1);
 }
 
 #[tokio::test]

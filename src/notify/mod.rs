@@ -925,6 +925,15 @@ impl<S: crate::read::EventReader> crate::read::EventReader for Notifier<S> {
     }
 }
 
+impl<S: crate::feedback::FeedbackTracker> crate::feedback::FeedbackTracker for Notifier<S> {
+    fn apply_feedback(
+        &self,
+        f: &crate::feedback::Feedback,
+    ) -> impl Future<Output = Result<crate::feedback::Applied, StoreError>> + Send {
+        self.store.apply_feedback(f)
+    }
+}
+
 impl<S: crate::tracking::OpenTracker> crate::tracking::OpenTracker for Notifier<S> {
     fn record_open(
         &self,

@@ -5,6 +5,7 @@
 //! the path's organisation, so no call can reach another tenant's items.
 
 mod events;
+mod feedback;
 mod history;
 mod keys;
 mod ledger;

@@ -1,0 +1,278 @@
+//! Provider feedback (issue 12, items 1 and 3): what SES reported after it
+//! accepted an email, through the configuration set's SNS destination, moved
+//! into the delivery's ledger entry along `DeliveryOutcome`'s ladder.
+//!
+//! An SES event names its delivery by the tags every email carries
+//! (`organizationID`, `eventID`, `contactId`) and is applied only when the
+//! entry's `messageId` is the SES message ID the event reports: a report
+//! about another organisation's or another message's email changes
+//! nothing. The ladder only goes up (a late Delivery never replaces a
+//! Bounce), so a redelivered or out-of-order SNS message is a no-op. A
+//! failure (a hard bounce, a suppressed address, a reject) turns the
+//! event's count for that delivery from sent to failed, and a closed
+//! event's status to FAILED. Clicks are counted beside the outcome.
+//!
+//! No address, diagnostic code or message text is read from the report:
+//! only its types (bounce type and sub-type, complaint type, delay type).
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::model::{ContactId, DeliveryOutcome, OrgId};
+use crate::ports::StoreError;
+use crate::tracking::Dropped;
+
+/// One SES report about one email.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    pub org: OrgId,
+    pub event_id: String,
+    pub contact: ContactId,
+    /// The SES message ID (`mail.messageId`): must match the ledger's.
+    pub provider_message_id: String,
+    pub report: Report,
+    pub at: OffsetDateTime,
+    /// The SNS message that carried it (clicks are counted once per message).
+    pub sns_message_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A step on the ladder, with the provider's reason.
+    Outcome(DeliveryOutcome, String),
+    /// A link clicked (engagement, beside the outcome).
+    Click,
+}
+
+/// What applying a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry moved up to this outcome.
+    Moved(DeliveryOutcome),
+    /// A click counted.
+    Counted,
+    /// Already at this step or beyond (a redelivery, or out of order).
+    Stale,
+    /// No such entry, or its message ID is another (another org's or
+    /// another message's report): nothing changed.
+    Unknown,
+}
+
+pub trait FeedbackTracker: Send + Sync {
+    fn apply_feedback(
+        &self,
+        f: &Feedback,
+    ) -> impl std::future::Future<Output = Result<Applied, StoreError>> + Send;
+}
+
+/// A provider word kept for a reason: letters and digits, 40 at most;
+/// anything else is "Unknown".
+fn word(v: &Value) -> &str {
+    v.as_str()
+        .filter(|s| (1..=40).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or("Unknown")
+}
+
+/// Reads one SNS record's SES event. `Ok(None)`: nothing to apply here (an
+/// open, handled by `tracking`; a Send, which the ledger already says).
+pub fn parse_feedback(sns_message_id: &str, message: &str) -> Result<Option<Feedback>, Dropped> {
+    let ses: Value = serde_json::from_str(message).map_err(|_| "the SNS message is not JSON")?;
+    let kind = ses
+        .get("eventType")
+        .or_else(|| ses.get("notificationType"))
+        .and_then(Value::as_str)
+        .ok_or("no eventType")?;
+    use DeliveryOutcome::*;
+    let (report, at_field) = match kind {
+        "Delivery" => (
+            Report::Outcome(Delivered, "delivered to the recipient's mail server".into()),
+            &ses["delivery"]["timestamp"],
+        ),
+        "Bounce" => {
+            let b = &ses["bounce"];
+            let (kind, sub) = (word(&b["bounceType"]), word(&b["bounceSubType"]));
+            let outcome = match (kind, sub) {
+                ("Permanent", "OnAccountSuppressionList" | "OnSuppressionList") => Report::Outcome(
+                    Suppressed,
+                    format!(
+                        "the address is on the {} suppression list: SES did not send to it",
+                        if sub == "OnAccountSuppressionList" {
+                            "account's"
+                        } else {
+                            "global"
+                        }
+                    ),
+                ),
+                ("Permanent", _) => Report::Outcome(Bounced, format!("permanent bounce ({sub})")),
+                _ => Report::Outcome(
+                    Delayed,
+                    format!(
+                        "{} bounce ({sub}): the mail server may accept it later",
+                        kind.to_lowercase()
+                    ),
+                ),
+            };
+            (outcome, &b["timestamp"])
+        }
+        "Complaint" => {
+            let c = &ses["complaint"];
+            let t = c
+                .get("complaintFeedbackType")
+                .map(word)
+                .unwrap_or("unspecified");
+            (
+                Report::Outcome(
+                    Complained,
+                    format!("the recipient reported it as unwanted ({t})"),
+                ),
+                &c["timestamp"],
+            )
+        }
+        "Reject" => (
+            Report::Outcome(
+                Rejected,
+                "rejected by SES before sending (it found a virus or bad content)".into(),
+            ),
+            &ses["mail"]["timestamp"],
+        ),
+        "Rendering Failure" | "RenderingFailure" => (
+            Report::Outcome(Rejected, "SES could not render the message".into()),
+            &ses["mail"]["timestamp"],
+        ),
+        "DeliveryDelay" => {
+            let d = &ses["deliveryDelay"];
+            (
+                Report::Outcome(
+                    Delayed,
+                    format!("delivery delayed ({})", word(&d["delayType"])),
+                ),
+                &d["timestamp"],
+            )
+        }
+        "Click" => (Report::Click, &ses["click"]["timestamp"]),
+        _ => return Ok(None),
+    };
+    let tag = |name: &str| ses["mail"]["tags"][name].get(0).and_then(Value::as_str);
+    let org = tag("organizationID")
+        .and_then(|o| OrgId::parse(o).ok())
+        .ok_or("no valid organizationID tag")?;
+    let contact = tag("contactId")
+        .and_then(|c| ContactId::parse(c).ok())
+        .ok_or("no valid contactId tag")?;
+    let event_id = tag("eventID")
+        .filter(|e| e.len() == 36 && uuid::Uuid::parse_str(e).is_ok())
+        .ok_or("no valid eventID tag")?
+        .to_ascii_lowercase();
+    let provider_message_id = ses["mail"]["messageId"]
+        .as_str()
+        .filter(|m| (1..=200).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or("no valid mail.messageId")?
+        .to_owned();
+    let at = at_field
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(OffsetDateTime::now_utc);
+    if sns_message_id.is_empty() || sns_message_id.len() > 100 {
+        return Err("no valid SNS MessageId");
+    }
+    Ok(Some(Feedback {
+        org,
+        event_id,
+        contact,
+        provider_message_id,
+        report,
+        at,
+        sns_message_id: sns_message_id.to_owned(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ses(kind: &str, extra: Value) -> String {
+        let mut v = serde_json::json!({"eventType": kind, "mail": {"messageId": "0100-ses", "timestamp": "2026-11-30T10:00:00Z",
+            "tags": {"organizationID": ["org-demo"], "eventID": ["01a22cb5-3bf2-7391-b43b-26ac30363f8a"], "contactId": ["c-ann"]}}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v.to_string()
+    }
+
+    fn outcome(kind: &str, extra: Value) -> (DeliveryOutcome, String) {
+        match parse_feedback("sns-1", &ses(kind, extra))
+            .unwrap()
+            .unwrap()
+            .report
+        {
+            Report::Outcome(o, r) => (o, r),
+            Report::Click => panic!("a click"),
+        }
+    }
+
+    #[test]
+    fn each_report_is_a_step_with_a_reason_and_no_address() {
+        use serde_json::json;
+        assert_eq!(outcome("Delivery", json!({"delivery": {"timestamp": "2026-11-30T10:00:01Z", "recipients": ["ann@x.example"]}})).0, DeliveryOutcome::Delivered);
+        let (o, r) = outcome(
+            "Bounce",
+            json!({"bounce": {"bounceType": "Permanent", "bounceSubType": "General",
+            "bouncedRecipients": [{"emailAddress": "ann@x.example", "diagnosticCode": "550 5.1.1 <ann@x.example> unknown"}]}}),
+        );
+        assert_eq!(
+            (o, r.as_str()),
+            (DeliveryOutcome::Bounced, "permanent bounce (General)")
+        );
+        let (o, r) = outcome(
+            "Bounce",
+            json!({"bounce": {"bounceType": "Permanent", "bounceSubType": "OnAccountSuppressionList"}}),
+        );
+        assert_eq!(o, DeliveryOutcome::Suppressed);
+        assert!(r.contains("account's suppression list"));
+        assert_eq!(
+            outcome(
+                "Bounce",
+                json!({"bounce": {"bounceType": "Transient", "bounceSubType": "MailboxFull"}})
+            )
+            .0,
+            DeliveryOutcome::Delayed
+        );
+        assert_eq!(
+            outcome(
+                "Complaint",
+                json!({"complaint": {"complaintFeedbackType": "abuse"}})
+            )
+            .1,
+            "the recipient reported it as unwanted (abuse)"
+        );
+        assert_eq!(
+            outcome("Reject", json!({"reject": {"reason": "Bad content"}})).0,
+            DeliveryOutcome::Rejected
+        );
+        assert_eq!(
+            outcome(
+                "DeliveryDelay",
+                json!({"deliveryDelay": {"delayType": "MailboxFull"}})
+            )
+            .0,
+            DeliveryOutcome::Delayed
+        );
+        // A sub-type that is not a plain word is not copied.
+        let (_, r) = outcome(
+            "Bounce",
+            json!({"bounce": {"bounceType": "Permanent", "bounceSubType": "<b>ann@x.example</b>"}}),
+        );
+        assert_eq!(r, "permanent bounce (Unknown)");
+    }
+
+    #[test]
+    fn opens_sends_and_bad_tags_are_not_applied() {
+        use serde_json::json;
+        assert_eq!(parse_feedback("s", &ses("Open", json!({}))), Ok(None));
+        assert_eq!(parse_feedback("s", &ses("Send", json!({}))), Ok(None));
+        let bad = json!({"eventType": "Delivery", "mail": {"messageId": "m", "tags": {"organizationID": ["org-demo"], "eventID": ["EVENT#x"], "contactId": ["c"]}}});
+        assert!(parse_feedback("s", &bad.to_string()).is_err());
+        let no_id = json!({"eventType": "Delivery", "mail": {"tags": {"organizationID": ["o"], "eventID": ["01a22cb5-3bf2-7391-b43b-26ac30363f8a"], "contactId": ["c"]}}});
+        assert!(parse_feedback("s", &no_id.to_string()).is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! Provider feedback over the wire to DynamoDB on moto: SES events (the
+//! samples in `events/sns-ses-*.json`, aimed at real deliveries) move each
+//! recipient to its own status, visible through GET notificationMessage; the
+//! ladder only goes up, redeliveries and late reports change nothing, a
+//! report about another organisation's or another message's email changes
+//! nothing, and a lost delivery turns the event FAILED.
+
+mod common;
+
+use common::{HttpAnswer, TestEnv};
+use serde_json::{Value, json};
+
+/// The sample `name`, aimed at one delivery (its org, event, contact and SES
+/// message ID), carried by SNS message `sns_id`.
+fn report(name: &str, org: &str, event: &str, contact: &str, ses_id: &str, sns_id: &str) -> Value {
+    let mut e = common::read_json(format!("events/{name}.json"));
+    let mut ses: Value =
+        serde_json::from_str(e["Records"][0]["Sns"]["Message"].as_str().unwrap()).unwrap();
+    ses["mail"]["messageId"] = json!(ses_id);
+    ses["mail"]["tags"]["organizationID"] = json!([org]);
+    ses["mail"]["tags"]["eventID"] = json!([event]);
+    ses["mail"]["tags"]["contactId"] = json!([contact]);
+    e["Records"][0]["Sns"]["Message"] = json!(ses.to_string());
+    e["Records"][0]["Sns"]["MessageId"] = json!(sns_id);
+    e
+}
+
+/// The SES message ID the ledger holds for a contact's email.
+async fn ses_id(env: &TestEnv, org: &str, event: &str, contact: &str) -> String {
+    env.items(org, &format!("DELIVERY#{event}#EMAIL#{contact}"))
+        .await
+        .first()
+        .and_then(|d| d["messageId"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{contact}'s email in the ledger"))
+}
+
+/// `status` of each message of the event, read through the GET route.
+async fn statuses(env: &TestEnv, org: &str, event: &str) -> Vec<(String, String, Value)> {
+    let mut get = common::read_json("events/http-api-notify-all.json");
+    let path = format!("/org/{org}/notificationMessage");
+    get["rawPath"] = json!(path);
+    get["rawQueryString"] = json!(format!("eventId={event}"));
+    get["queryStringParameters"] = json!({"eventId": event});
+    get["requestContext"]["http"]["method"] = json!("GET");
+    get["requestContext"]["http"]["path"] = json!(path);
+    get["requestContext"]["authorizer"]["lambda"]["organizationID"] = json!(org);
+    let o = get.as_object_mut().unwrap();
+    o.remove("pathParameters");
+    o.remove("body");
+    let a = HttpAnswer::from(env.invoke(get).await.unwrap());
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["notificationMessages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "EMAIL")
+        .map(|m| {
+            (
+                m["recipient"].as_str().unwrap().to_owned(),
+                m["info"]["customFields"]["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                m["info"]["customFields"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn status_of(all: &[(String, String, Value)], contact: &str) -> String {
+    all.iter()
+        .find(|(c, _, _)| c == contact)
+        .map(|(_, s, _)| s.clone())
+        .unwrap_or_else(|| panic!("{contact}"))
+}
+
+#[tokio::test]
+async fn bounced_complained_suppressed_and_delivered_recipients_each_end_in_their_own_status() {
+    let env = TestEnv::new().await;
+    common::seed(
+        &env.sdk,
+        &env.table,
+        &common::read_json("tests/fixtures/brand-org.json"),
+    )
+    .await;
+    let demo = env
+        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo"}))
+        .await
+        .unwrap()["eventID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let brand = env
+        .invoke(json!({"orgId": "org-brand", "offerId": "offer-brand"}))
+        .await
+        .unwrap()["eventID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ann = ses_id(&env, "org-demo", &demo, "c-ann").await;
+    let bob = ses_id(&env, "org-demo", &demo, "c-bob").await;
+    let eve = ses_id(&env, "org-brand", &brand, "c-eve").await;
+    let fay = ses_id(&env, "org-brand", &brand, "c-fay").await;
+
+    let send = |name: &'static str,
+                org: &'static str,
+                event: String,
+                contact: &'static str,
+                id: String,
+                sns: &'static str| {
+        let env = &env;
+        async move {
+            env.invoke(report(name, org, &event, contact, &id, sns))
+                .await
+                .unwrap()
+        }
+    };
+    // Ann: a hard bounce; then a late Delivery, which changes nothing.
+    let out = send(
+        "sns-ses-bounce",
+        "org-demo",
+        demo.clone(),
+        "c-ann",
+        ann.clone(),
+        "s1",
+    )
+    .await;
+    assert_eq!(out["feedbackApplied"], 1, "{out}");
+    let out = send(
+        "sns-ses-delivery",
+        "org-demo",
+        demo.clone(),
+        "c-ann",
+        ann.clone(),
+        "s2",
+    )
+    .await;
+    assert_eq!(
+        out["duplicates"], 1,
+        "a late delivery never replaces a bounce: {out}"
+    );
+    // Bob: delivered, then a complaint; the complaint redelivered.
+    send(
+        "sns-ses-delivery",
+        "org-demo",
+        demo.clone(),
+        "c-bob",
+        bob.clone(),
+        "s3",
+    )
+    .await;
+    send(
+        "sns-ses-complaint",
+        "org-demo",
+        demo.clone(),
+        "c-bob",
+        bob.clone(),
+        "s4",
+    )
+    .await;
+    let out = send(
+        "sns-ses-complaint",
+        "org-demo",
+        demo.clone(),
+        "c-bob",
+        bob.clone(),
+        "s4",
+    )
+    .await;
+    assert_eq!(out["duplicates"], 1, "{out}");
+    // Eve: on the account's suppression list. Fay: delivered.
+    send(
+        "sns-ses-bounce-suppressed",
+        "org-brand",
+        brand.clone(),
+        "c-eve",
+        eve.clone(),
+        "s5",
+    )
+    .await;
+    send(
+        "sns-ses-delivery",
+        "org-brand",
+        brand.clone(),
+        "c-fay",
+        fay.clone(),
+        "s6",
+    )
+    .await;
+
+    // Reports that are not about our message change nothing: another
+    // organisation's tag on org-demo's event, another SES message ID.
+    let out = send(
+        "sns-ses-bounce",
+        "org-other",
+        demo.clone(),
+        "c-bob",
+        bob.clone(),
+        "s7",
+    )
+    .await;
+    assert_eq!(out["dropped"], 1, "{out}");
+    let out = send(
+        "sns-ses-bounce",
+        "org-brand",
+        brand.clone(),
+        "c-fay",
+        "someone-elses".into(),
+        "s8",
+    )
+    .await;
+    assert_eq!(out["dropped"], 1, "{out}");
+
+    let demo_now = statuses(&env, "org-demo", &demo).await;
+    let brand_now = statuses(&env, "org-brand", &brand).await;
+    println!("org-demo: {demo_now:#?}\norg-brand: {brand_now:#?}");
+    assert_eq!(status_of(&demo_now, "c-ann"), "BOUNCED");
+    assert_eq!(status_of(&demo_now, "c-bob"), "COMPLAINED");
+    assert_eq!(status_of(&brand_now, "c-eve"), "SUPPRESSED");
+    assert_eq!(status_of(&brand_now, "c-fay"), "DELIVERED");
+    let ann_fields = &demo_now.iter().find(|(c, _, _)| c == "c-ann").unwrap().2;
+    assert_eq!(ann_fields["sendStatus"], "SENT");
+    assert_eq!(ann_fields["outcomeReason"], "permanent bounce (General)");
+    assert!(
+        !ann_fields.to_string().contains("@"),
+        "no address from the report"
+    );
+
+    // The events follow: a lost delivery is a failed one.
+    let stored = |org: &'static str, id: String| {
+        let env = &env;
+        async move { env.items(org, &format!("EVENT#{id}")).await.remove(0) }
+    };
+    let e = stored("org-demo", demo.clone()).await;
+    assert_eq!(e["eventStatus"], "FAILED");
+    assert_eq!(e["info"]["deliverySummary"]["EMAIL"]["failed"], 1);
+    assert_eq!(e["info"]["deliverySummary"]["EMAIL"]["sent"], 1);
+    let e = stored("org-brand", brand.clone()).await;
+    assert_eq!(e["eventStatus"], "FAILED");
+    assert_eq!(e["info"]["deliverySummary"]["EMAIL"]["sent"], 1);
+}
