@@ -46,7 +46,7 @@ check("NOTIFY_TEST_ONLY_LOCAL_TARGETS" not in open(path).read(), "the template m
 # Fail closed: the HTTP API's function never serves a request without its authorizer.
 check("http" not in str(env(api).get("ALLOW_WITHOUT_AUTHORIZER", "")), "the API function must never allow http without an authorizer")
 check("ALLOW_WITHOUT_AUTHORIZER" not in env(worker), "the worker takes no direct invocation")
-check(env(api).get("INPUTS") == "http,direct,eventbridge,sns", "the API function takes only what its triggers send")
+check(env(api).get("INPUTS") == "http,direct,eventbridge,sns,logs", "the API function takes only what its triggers send")
 check(env(worker).get("INPUTS") == "sqs,schedule", "the worker takes only queue messages and the schedule")
 check(env(api).get("ORG_CLAIM") == {"Ref": "OrgClaim"}, "ORG_CLAIM comes from the OrgClaim parameter")
 check("OrgJwt" in str(props("NotifyApi")["Auth"]), "the HTTP API has a JWT authorizer")
@@ -113,6 +113,14 @@ check(any("index/PendingEvents" in str(s.get("Resource")) for s in statements(wo
 dest = [r for r in t["Resources"].values() if r.get("Type") == "AWS::SES::ConfigurationSetEventDestination"]
 kinds = set(dest[0]["Properties"]["EventDestination"]["MatchingEventTypes"]) if dest else set()
 check({"delivery", "bounce", "complaint", "reject", "open"} <= kinds, "SES reports deliveries, bounces, complaints, rejects and opens to the function")
+
+# SMS delivery logs: both log groups subscribed, the ledger index, the role SNS needs.
+subs = {str(e["Properties"].get("LogGroupName")) for e in props(api)["Events"].values() if e["Type"] == "CloudWatchLogs"}
+check({"{'Ref': 'SmsDeliveryLogGroup'}", "{'Ref': 'SmsFailureLogGroup'}"} <= subs, "the function subscribes to both SMS delivery log groups")
+check("logs" in env(api).get("INPUTS", ""), "the API function takes CloudWatch Logs events (INPUTS)")
+gsi = [g for g in props("NotifyTable").get("GlobalSecondaryIndexes", []) if g["IndexName"] == "ProviderMessages"]
+check(gsi and [k["AttributeName"] for k in gsi[0]["KeySchema"]] == ["messageId"], "the ProviderMessages index")
+check(any("index/ProviderMessages" in str(s.get("Resource")) for s in statements(api)), "the API function may query the ProviderMessages index")
 
 # The read API: its index (keyed within one organisation), its routes, its IAM.
 gsi = [g for g in props("NotifyTable").get("GlobalSecondaryIndexes", []) if g["IndexName"] == "EntityEvents"]

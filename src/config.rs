@@ -78,11 +78,11 @@ pub struct Access {
     /// Contacts" events are served (comma-separated); none: no EventBridge event is.
     pub event_sources: Vec<String>,
     /// `INPUTS`: the kinds of event this function takes at all (comma-separated
-    /// `http`, `direct`, `eventbridge`, `sns`, `sqs`, `schedule`); unset: every
-    /// kind. An event's shape is not its authentication: whoever IAM lets
-    /// invoke a function can send any shape, so the stack gives each function
-    /// only the kinds its triggers send (the API function `http,direct,
-    /// eventbridge,sns`; the worker `sqs,schedule`).
+    /// `http`, `direct`, `eventbridge`, `sns`, `sqs`, `schedule`, `logs`);
+    /// unset: every kind. An event's shape is not its authentication: whoever
+    /// IAM lets invoke a function can send any shape, so the stack gives each
+    /// function only the kinds its triggers send (the API function
+    /// `http,direct,eventbridge,sns,logs`; the worker `sqs,schedule`).
     pub inputs: Vec<InputKind>,
 }
 
@@ -95,16 +95,19 @@ pub enum InputKind {
     Sns,
     Sqs,
     Schedule,
+    /// CloudWatch Logs subscription events (SNS's SMS delivery logs).
+    Logs,
 }
 
 impl InputKind {
-    pub const ALL: [InputKind; 6] = [
+    pub const ALL: [InputKind; 7] = [
         InputKind::Http,
         InputKind::Direct,
         InputKind::EventBridge,
         InputKind::Sns,
         InputKind::Sqs,
         InputKind::Schedule,
+        InputKind::Logs,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -114,6 +117,7 @@ impl InputKind {
             InputKind::Sns => "sns",
             InputKind::Sqs => "sqs",
             InputKind::Schedule => "schedule",
+            InputKind::Logs => "logs",
         }
     }
 }

@@ -89,6 +89,9 @@ pub enum Incoming {
     Schedule,
     /// SNS records (SES events from the configuration set): (MessageId, Message).
     Sns(Vec<(String, String)>),
+    /// A CloudWatch Logs subscription event (SNS's SMS delivery logs): its
+    /// `awslogs.data`.
+    Logs(String),
     /// SQS records from the work queue.
     Sqs(Vec<SqsRecord>),
 }
@@ -102,6 +105,7 @@ impl Incoming {
             Incoming::EventBridge { .. } => InputKind::EventBridge,
             Incoming::Schedule => InputKind::Schedule,
             Incoming::Sns(_) => InputKind::Sns,
+            Incoming::Logs(_) => InputKind::Logs,
             Incoming::Sqs(_) => InputKind::Sqs,
         }
     }
@@ -130,6 +134,13 @@ pub fn classify(payload: Value) -> Result<Incoming, DirectError> {
         return serde_json::from_value::<LambdaRequest>(payload)
             .map(|r| Incoming::Http(Box::new(r)))
             .map_err(|_| DirectError::BadRequest("the event looks like an HTTP event but is not one API Gateway, ALB or a Function URL sends".into()));
+    }
+    if let Some(data) = map
+        .get("awslogs")
+        .and_then(|a| a.get("data"))
+        .and_then(Value::as_str)
+    {
+        return Ok(Incoming::Logs(data.to_owned()));
     }
     if let Some(records) = map.get("Records").and_then(Value::as_array) {
         let sns = records
@@ -325,6 +336,14 @@ async fn dispatch<
                 refused(DirectError::Internal { request_id })
             }
         },
+        Incoming::Logs(data) => match sms_logs(use_case, &data).await {
+            Ok(counts) => (Ok(counts), Outcome::refused("tracked")),
+            Err(e) => {
+                // A storage failure: fail the invocation so that it comes again.
+                tracing::error!(error = %crate::error_chain(&e), "applying SMS delivery logs failed");
+                refused(DirectError::Internal { request_id })
+            }
+        },
         Incoming::Sns(messages) => match track_opens(use_case, &messages).await {
             Ok(counts) => (Ok(counts), Outcome::refused("tracked")),
             Err(e) => {
@@ -443,6 +462,44 @@ async fn track_opens<U: OpenTracker + crate::feedback::FeedbackTracker>(
     Ok(
         json!({"opensRecorded": recorded, "feedbackApplied": applied, "duplicates": duplicates, "ignored": ignored, "dropped": dropped}),
     )
+}
+
+/// Applies SNS's SMS delivery logs to the ledger. A payload or line that
+/// cannot be read is logged and dropped (never the number: it is not read).
+async fn sms_logs<U: crate::feedback::FeedbackTracker>(
+    tracker: &U,
+    data: &str,
+) -> Result<Value, crate::ports::StoreError> {
+    use crate::feedback::Applied;
+    let lines = match crate::feedback::parse_sms_logs(data) {
+        Ok(l) => l,
+        Err(why) => {
+            tracing::warn!(reason = why, "SMS delivery log payload dropped");
+            return Ok(json!({"applied": 0, "duplicates": 0, "dropped": 1}));
+        }
+    };
+    let (mut applied, mut duplicates, mut dropped) = (0, 0, 0);
+    for line in lines {
+        match line {
+            Err(why) => {
+                tracing::warn!(reason = why, "SMS delivery log line dropped");
+                dropped += 1;
+            }
+            Ok(r) => match tracker.apply_sms_report(&r).await? {
+                Applied::Moved(o) => {
+                    tracing::info!(sns_message_id = %r.sns_message_id, outcome = o.as_str(), "SMS outcome applied");
+                    applied += 1;
+                }
+                Applied::Counted => applied += 1,
+                Applied::Stale => duplicates += 1,
+                Applied::Unknown => {
+                    tracing::warn!(sns_message_id = %r.sns_message_id, "SMS log names no delivery of ours; dropped");
+                    dropped += 1;
+                }
+            },
+        }
+    }
+    Ok(json!({"applied": applied, "duplicates": duplicates, "dropped": dropped}))
 }
 
 fn direct_label(e: &DirectError) -> &'static str {

@@ -63,6 +63,12 @@ pub trait FeedbackTracker: Send + Sync {
         &self,
         f: &Feedback,
     ) -> impl std::future::Future<Output = Result<Applied, StoreError>> + Send;
+    /// An SMS delivery log line, found by the SNS message ID its ledger
+    /// entry holds.
+    fn apply_sms_report(
+        &self,
+        r: &SmsReport,
+    ) -> impl std::future::Future<Output = Result<Applied, StoreError>> + Send;
 }
 
 /// A provider word kept for a reason: letters and digits, 40 at most;
@@ -275,4 +281,116 @@ mod tests {
         let no_id = json!({"eventType": "Delivery", "mail": {"tags": {"organizationID": ["o"], "eventID": ["01a22cb5-3bf2-7391-b43b-26ac30363f8a"], "contactId": ["c"]}}});
         assert!(parse_feedback("s", &no_id.to_string()).is_err());
     }
+}
+
+/// One SMS delivery log line, as SNS writes it to CloudWatch Logs
+/// (`sns/{region}/{account}/DirectPublishToPhoneNumber[/Failure]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmsReport {
+    /// The SNS message ID the ledger holds for the SMS.
+    pub sns_message_id: String,
+    pub outcome: DeliveryOutcome,
+    pub reason: String,
+    pub at: OffsetDateTime,
+}
+
+/// Most bytes a subscription payload may inflate to (CloudWatch Logs sends
+/// at most 1 MB of events per invocation, compressed).
+const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The carrier's answer as a reason: words only (no digits, so no number
+/// can pass), 120 characters at most.
+fn carrier_words(s: &str) -> String {
+    let kept: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic() || matches!(c, ' ' | '.' | ',' | '\'' | '-'))
+        .take(120)
+        .collect();
+    let kept = kept.split_whitespace().collect::<Vec<_>>().join(" ");
+    if kept.is_empty() {
+        "no answer given".into()
+    } else {
+        kept
+    }
+}
+
+/// Reads a CloudWatch Logs subscription event's `awslogs.data` (base64 of
+/// gzip of JSON): one report per SMS log line; a line that cannot be read is
+/// an `Err` (dropped, logged). The destination number is never read.
+pub fn parse_sms_logs(data: &str) -> Result<Vec<Result<SmsReport, Dropped>>, Dropped> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let zipped = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|_| "awslogs.data is not base64")?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .take(MAX_LOG_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|_| "awslogs.data is not gzip of UTF-8 text")?;
+    let doc: Value = serde_json::from_str(&text).map_err(|_| "awslogs.data is not JSON")?;
+    if doc["messageType"] == "CONTROL_MESSAGE" {
+        return Ok(Vec::new());
+    }
+    let group = doc["logGroup"].as_str().unwrap_or_default();
+    if !(group.starts_with("sns/")
+        && (group.ends_with("/DirectPublishToPhoneNumber")
+            || group.ends_with("/DirectPublishToPhoneNumber/Failure")))
+    {
+        return Err("not an SNS SMS delivery log group");
+    }
+    let lines = doc["logEvents"].as_array().ok_or("no logEvents")?;
+    Ok(lines
+        .iter()
+        .map(|l| {
+            let m: Value = serde_json::from_str(
+                l["message"]
+                    .as_str()
+                    .ok_or("a log event without a message")?,
+            )
+            .map_err(|_| "a log line that is not JSON")?;
+            let id = m["notification"]["messageId"]
+                .as_str()
+                .filter(|i| {
+                    (1..=100).contains(&i.len())
+                        && i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                .ok_or("a log line without a valid notification.messageId")?;
+            let answer = m["delivery"]["providerResponse"]
+                .as_str()
+                .unwrap_or_default();
+            let (outcome, reason) = match m["status"].as_str() {
+                Some("SUCCESS") => (
+                    DeliveryOutcome::Delivered,
+                    format!("the carrier accepted it: {}", carrier_words(answer)),
+                ),
+                Some("FAILURE") if answer.to_ascii_lowercase().contains("opted out") => (
+                    DeliveryOutcome::OptedOut,
+                    "the number has opted out of SMS from this account".to_owned(),
+                ),
+                Some("FAILURE") => (
+                    DeliveryOutcome::Undelivered,
+                    format!("the carrier did not deliver it: {}", carrier_words(answer)),
+                ),
+                _ => return Err("a log line without a SUCCESS or FAILURE status"),
+            };
+            let at = m["notification"]["timestamp"]
+                .as_str()
+                .and_then(|t| {
+                    // SNS writes "2026-11-30 10:00:00.123".
+                    OffsetDateTime::parse(
+                        &format!("{}Z", t.replacen(' ', "T", 1)),
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                })
+                .unwrap_or_else(OffsetDateTime::now_utc);
+            Ok(SmsReport {
+                sns_message_id: id.to_owned(),
+                outcome,
+                reason,
+                at,
+            })
+        })
+        .collect())
 }

@@ -743,6 +743,32 @@ impl crate::feedback::FeedbackTracker for MemoryStore {
             }
         })
     }
+
+    async fn apply_sms_report(
+        &self,
+        r: &crate::feedback::SmsReport,
+    ) -> Result<crate::feedback::Applied, StoreError> {
+        use crate::feedback::Applied;
+        self.check(StoreOp::ReadEvent)?;
+        let mut all = lock(&self.deliveries);
+        let found = all.values_mut().flatten().find(|d| {
+            d.channel == crate::model::NotificationChannel::Sms
+                && d.status == crate::model::DeliveryStatus::Sent
+                && d.message_id.as_deref() == Some(r.sns_message_id.as_str())
+        });
+        Ok(match found {
+            None => Applied::Unknown,
+            Some(d) if d.outcome.is_some_and(|now| now.rank() >= r.outcome.rank()) => {
+                Applied::Stale
+            }
+            Some(d) => {
+                d.outcome = Some(r.outcome);
+                d.outcome_reason = Some(r.reason.clone());
+                d.outcome_at = Some(r.at);
+                Applied::Moved(r.outcome)
+            }
+        })
+    }
 }
 
 impl crate::tracking::OpenTracker for MemoryStore {

@@ -239,3 +239,134 @@ async fn bounced_complained_suppressed_and_delivered_recipients_each_end_in_thei
     assert_eq!(e["eventStatus"], "FAILED");
     assert_eq!(e["info"]["deliverySummary"]["EMAIL"]["sent"], 1);
 }
+
+/// A CloudWatch Logs subscription event of `group` carrying SNS SMS
+/// delivery log lines (gzip, base64), as CloudWatch Logs invokes a function.
+fn sms_logs(group: &str, lines: &[Value]) -> Value {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let doc = json!({
+        "messageType": "DATA_MESSAGE", "owner": "123456789012", "logGroup": group,
+        "logStream": "stream", "subscriptionFilters": ["notify-offer-contacts-SmsDelivered"],
+        "logEvents": lines.iter().enumerate().map(|(i, l)| json!({"id": i.to_string(), "timestamp": 1796000000000u64, "message": l.to_string()})).collect::<Vec<_>>(),
+    });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(doc.to_string().as_bytes()).unwrap();
+    json!({"awslogs": {"data": base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())}})
+}
+
+/// One SNS SMS delivery log line, as SNS writes it.
+fn sms_line(message_id: &str, status: &str, answer: &str, number: &str) -> Value {
+    json!({
+        "notification": {"messageId": message_id, "timestamp": "2026-11-30 10:00:00.123"},
+        "delivery": {"mnc": 0, "numberOfMessageParts": 1, "destination": number, "priceInUSD": 0.00645,
+            "smsType": "Transactional", "mcc": 310, "providerResponse": answer, "dwellTimeMs": 599, "dwellTimeMsUntilDeviceAck": 1344},
+        "status": status
+    })
+}
+
+async fn sms_id(env: &TestEnv, event: &str, contact: &str) -> String {
+    env.items("org-demo", &format!("DELIVERY#{event}#SMS#{contact}"))
+        .await
+        .first()
+        .and_then(|d| d["messageId"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{contact}'s SMS in the ledger"))
+}
+
+#[tokio::test]
+async fn sms_delivery_logs_end_in_delivered_and_opted_out_and_never_hold_the_number() {
+    let env = TestEnv::new().await;
+    let event = env
+        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo"}))
+        .await
+        .unwrap()["eventID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ann, cat) = (
+        sms_id(&env, &event, "c-ann").await,
+        sms_id(&env, &event, "c-cat").await,
+    );
+    let ok = sms_logs(
+        "sns/us-east-1/123456789012/DirectPublishToPhoneNumber",
+        &[sms_line(
+            &ann,
+            "SUCCESS",
+            "Message has been accepted by phone carrier",
+            "+12065550100",
+        )],
+    );
+    let out = env.invoke(ok.clone()).await.unwrap();
+    assert_eq!(out["applied"], 1, "{out}");
+    assert_eq!(
+        env.invoke(ok).await.unwrap()["duplicates"],
+        1,
+        "a redelivery changes nothing"
+    );
+    let failed = sms_logs(
+        "sns/us-east-1/123456789012/DirectPublishToPhoneNumber/Failure",
+        &[
+            sms_line(
+                &cat,
+                "FAILURE",
+                "Phone number is opted out",
+                "+442079460958",
+            ),
+            sms_line(
+                "00000000-0000-4000-8000-000000000000",
+                "FAILURE",
+                "Unknown error attempting to reach phone",
+                "+15555550123",
+            ),
+        ],
+    );
+    let out = env.invoke(failed).await.unwrap();
+    assert_eq!(
+        (out["applied"].clone(), out["dropped"].clone()),
+        (json!(1), json!(1)),
+        "{out}"
+    );
+    // Not an SMS log group: dropped, nothing read.
+    let other = sms_logs(
+        "/aws/lambda/someone",
+        &[sms_line(&ann, "FAILURE", "x", "+1")],
+    );
+    assert_eq!(env.invoke(other).await.unwrap()["dropped"], 1);
+
+    let mut get = common::read_json("events/http-api-notify-all.json");
+    let path = "/org/org-demo/notificationMessage";
+    get["rawPath"] = json!(path);
+    get["rawQueryString"] = json!(format!("eventId={event}"));
+    get["queryStringParameters"] = json!({"eventId": event});
+    get["requestContext"]["http"]["method"] = json!("GET");
+    get["requestContext"]["http"]["path"] = json!(path);
+    let o = get.as_object_mut().unwrap();
+    o.remove("pathParameters");
+    o.remove("body");
+    let a = HttpAnswer::from(env.invoke(get).await.unwrap());
+    let sms: Vec<&Value> = a.body["notificationMessages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "SMS")
+        .collect();
+    let status = |c: &str| {
+        sms.iter()
+            .find(|m| m["recipient"] == c)
+            .map(|m| m["info"]["customFields"]["status"].clone())
+            .unwrap()
+    };
+    assert_eq!(status("c-ann"), "DELIVERED");
+    assert_eq!(status("c-cat"), "OPTED_OUT");
+    let text = a.body.to_string();
+    assert!(
+        !text.contains("2079460958") && !text.contains("5550100"),
+        "no number from the logs: {text}"
+    );
+    let e = env
+        .items("org-demo", &format!("EVENT#{event}"))
+        .await
+        .remove(0);
+    assert_eq!(e["info"]["deliverySummary"]["SMS"]["failed"], 1);
+    assert_eq!(e["eventStatus"], "FAILED");
+}

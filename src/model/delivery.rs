@@ -93,6 +93,10 @@ pub struct Delivery {
 /// | SUPPRESSED | Bounce, Permanent, OnAccountSuppressionList or OnSuppressionList | 3 | failed |
 /// | REJECTED | Reject, RenderingFailure | 3 | failed |
 /// | COMPLAINED | Complaint | 4 | sent (it arrived; the recipient complained) |
+/// | OPTED_OUT | SMS log FAILURE: the number opted out | 3 | failed |
+/// | UNDELIVERED | SMS log FAILURE: any other carrier answer | 3 | failed |
+///
+/// An SMS log SUCCESS is DELIVERED (the carrier acknowledged it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeliveryOutcome {
@@ -102,6 +106,8 @@ pub enum DeliveryOutcome {
     Suppressed,
     Rejected,
     Complained,
+    OptedOut,
+    Undelivered,
 }
 
 impl DeliveryOutcome {
@@ -109,7 +115,11 @@ impl DeliveryOutcome {
         match self {
             DeliveryOutcome::Delayed => 1,
             DeliveryOutcome::Delivered => 2,
-            DeliveryOutcome::Bounced | DeliveryOutcome::Suppressed | DeliveryOutcome::Rejected => 3,
+            DeliveryOutcome::Bounced
+            | DeliveryOutcome::Suppressed
+            | DeliveryOutcome::Rejected
+            | DeliveryOutcome::OptedOut
+            | DeliveryOutcome::Undelivered => 3,
             DeliveryOutcome::Complained => 4,
         }
     }
@@ -117,7 +127,11 @@ impl DeliveryOutcome {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            DeliveryOutcome::Bounced | DeliveryOutcome::Suppressed | DeliveryOutcome::Rejected
+            DeliveryOutcome::Bounced
+                | DeliveryOutcome::Suppressed
+                | DeliveryOutcome::Rejected
+                | DeliveryOutcome::OptedOut
+                | DeliveryOutcome::Undelivered
         )
     }
     pub fn as_str(self) -> &'static str {
@@ -128,6 +142,8 @@ impl DeliveryOutcome {
             DeliveryOutcome::Suppressed => "SUPPRESSED",
             DeliveryOutcome::Rejected => "REJECTED",
             DeliveryOutcome::Complained => "COMPLAINED",
+            DeliveryOutcome::OptedOut => "OPTED_OUT",
+            DeliveryOutcome::Undelivered => "UNDELIVERED",
         }
     }
 }

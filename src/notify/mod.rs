@@ -932,6 +932,12 @@ impl<S: crate::feedback::FeedbackTracker> crate::feedback::FeedbackTracker for N
     ) -> impl Future<Output = Result<crate::feedback::Applied, StoreError>> + Send {
         self.store.apply_feedback(f)
     }
+    fn apply_sms_report(
+        &self,
+        r: &crate::feedback::SmsReport,
+    ) -> impl Future<Output = Result<crate::feedback::Applied, StoreError>> + Send {
+        self.store.apply_sms_report(r)
+    }
 }
 
 impl<S: crate::tracking::OpenTracker> crate::tracking::OpenTracker for Notifier<S> {

@@ -364,6 +364,17 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         )
         .build()
         .unwrap();
+    // Ledger entries by provider message ID (SMS delivery logs).
+    let provider = GlobalSecondaryIndex::builder()
+        .index_name(notify_offer_contacts::aws::dynamo::PROVIDER_INDEX)
+        .key_schema(key("messageId", KeyType::Hash))
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::KeysOnly)
+                .build(),
+        )
+        .build()
+        .unwrap();
     aws_sdk_dynamodb::Client::new(sdk)
         .create_table()
         .table_name(table)
@@ -371,6 +382,7 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         .attribute_definitions(attr("sk"))
         .attribute_definitions(attr("pendingIndex"))
         .attribute_definitions(attr("entityIndex"))
+        .attribute_definitions(attr("messageId"))
         .attribute_definitions(
             AttributeDefinition::builder()
                 .attribute_name("resumeAt")
@@ -382,6 +394,7 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         .key_schema(key("sk", KeyType::Range))
         .global_secondary_indexes(pending)
         .global_secondary_indexes(entity)
+        .global_secondary_indexes(provider)
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await

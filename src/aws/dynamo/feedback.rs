@@ -3,8 +3,14 @@
 //! and, when a delivery turns out lost, one on its event's summary.
 
 use super::*;
-use crate::feedback::{Applied, Feedback, FeedbackTracker, Report};
+use crate::feedback::{Applied, Feedback, FeedbackTracker, Report, SmsReport};
 use crate::model::DeliveryOutcome;
+
+/// The index of ledger entries by provider message ID (hash `messageId`,
+/// keys only): how an SMS delivery log line, which names only the SNS
+/// message ID, finds its entry. Message IDs are the providers' own,
+/// unguessable; the entry found is then updated under its own key.
+pub const PROVIDER_INDEX: &str = "ProviderMessages";
 
 /// SNS message IDs remembered per entry to count clicks once.
 const MAX_FEEDBACK_IDS: usize = 100;
@@ -78,9 +84,76 @@ impl FeedbackTracker for DynamoStore {
             .and_then(|s| serde_json::from_value::<DeliveryOutcome>(serde_json::json!(s)).ok())
             .is_some_and(DeliveryOutcome::is_failure);
         if outcome.is_failure() && !was_lost {
-            self.count_as_failed(f).await?;
+            self.count_as_failed(org_pk(&f.org), &f.event_id, "EMAIL")
+                .await?;
         }
         Ok(Applied::Moved(*outcome))
+    }
+
+    async fn apply_sms_report(&self, r: &SmsReport) -> Result<Applied, StoreError> {
+        const OP: &str = "apply an SMS delivery log";
+        let found = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PROVIDER_INDEX)
+            .key_condition_expression("messageId = :m")
+            .expression_attribute_values(":m", AttributeValue::S(r.sns_message_id.clone()))
+            .limit(5)
+            .send()
+            .await
+            .map_err(unavailable(OP))?;
+        let key_of = |i: &Item| -> Option<(String, String)> {
+            let pk = i.get("pk")?.as_s().ok()?.clone();
+            let sk = i.get("sk")?.as_s().ok()?.clone();
+            sk.contains("#SMS#").then_some((pk, sk))
+        };
+        let Some((pk, sk)) = found.items.unwrap_or_default().iter().find_map(key_of) else {
+            return Ok(Applied::Unknown);
+        };
+        // DELIVERY#{eventID}#SMS#{contact}
+        let event_id = sk
+            .strip_prefix("DELIVERY#")
+            .and_then(|rest| rest.split('#').next())
+            .unwrap_or_default()
+            .to_owned();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), sk.clone())))
+            .update_expression(
+                "SET outcome = :o, outcomeReason = :r, outcomeAt = :at, outcomeRank = :rank",
+            )
+            .condition_expression(
+                "attribute_exists(pk) AND #mid = :mid AND #st = :sent AND (attribute_not_exists(outcomeRank) OR outcomeRank < :rank)",
+            )
+            .expression_attribute_names("#mid", "messageId")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":mid", AttributeValue::S(r.sns_message_id.clone()))
+            .expression_attribute_values(":sent", AttributeValue::S("SENT".into()))
+            .expression_attribute_values(":o", AttributeValue::S(r.outcome.as_str().into()))
+            .expression_attribute_values(":r", AttributeValue::S(r.reason.clone()))
+            .expression_attribute_values(":at", AttributeValue::S(rfc3339(r.at, OP)?))
+            .expression_attribute_values(":rank", AttributeValue::N(r.outcome.rank().to_string()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await;
+        let old = match result {
+            Ok(out) => out.attributes,
+            Err(e) if conditional_failed(&e) => return Ok(Applied::Stale),
+            Err(e) => return Err(unavailable(OP)(e)),
+        };
+        let was_lost = old
+            .as_ref()
+            .and_then(|o| o.get("outcome"))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|s| serde_json::from_value::<DeliveryOutcome>(serde_json::json!(s)).ok())
+            .is_some_and(DeliveryOutcome::is_failure);
+        if r.outcome.is_failure() && !was_lost {
+            self.count_as_failed(pk, &event_id, "SMS").await?;
+        }
+        Ok(Applied::Moved(r.outcome))
     }
 }
 
@@ -111,24 +184,30 @@ impl DynamoStore {
         })
     }
 
-    /// A delivery counted as sent turned out lost: the event's EMAIL count
-    /// moves from sent to failed and a closed event becomes FAILED. A
-    /// PENDING event is left to its final write, which counts from the
-    /// ledger (where the outcome now is).
-    async fn count_as_failed(&self, f: &Feedback) -> Result<(), StoreError> {
+    /// A delivery counted as sent turned out lost: the event's count for
+    /// its channel moves from sent to failed and a closed event becomes
+    /// FAILED. A PENDING event is left to its final write, which counts from
+    /// the ledger (where the outcome now is).
+    async fn count_as_failed(
+        &self,
+        pk: String,
+        event_id: &str,
+        channel: &'static str,
+    ) -> Result<(), StoreError> {
         const OP: &str = "count a lost delivery";
         let now = rfc3339(crate::model::event::now_millis(), OP)?;
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(org_pk(&f.org), event_sk(&f.event_id))))
+            .set_key(Some(key(pk, event_sk(event_id))))
             .update_expression(
-                "SET info.deliverySummary.EMAIL.sent = info.deliverySummary.EMAIL.sent - :one, info.deliverySummary.EMAIL.failed = info.deliverySummary.EMAIL.failed + :one, eventStatus = :failed, lastUpdateTime = :now",
+                "SET info.deliverySummary.#ch.sent = info.deliverySummary.#ch.sent - :one, info.deliverySummary.#ch.failed = info.deliverySummary.#ch.failed + :one, eventStatus = :failed, lastUpdateTime = :now",
             )
             .condition_expression(
-                "attribute_exists(pk) AND eventStatus <> :pending AND info.deliverySummary.EMAIL.sent > :zero",
+                "attribute_exists(pk) AND eventStatus <> :pending AND info.deliverySummary.#ch.sent > :zero",
             )
+            .expression_attribute_names("#ch", channel)
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
             .expression_attribute_values(":failed", AttributeValue::S("FAILED".into()))

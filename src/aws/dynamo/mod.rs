@@ -13,6 +13,7 @@ mod reads;
 mod work;
 
 pub use events::PENDING_INDEX;
+pub use feedback::PROVIDER_INDEX;
 pub use history::ENTITY_INDEX;
 pub use ledger::delivery_sk;
 pub use work::work_sk;
