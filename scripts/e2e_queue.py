@@ -5,8 +5,9 @@ phone number; channels EMAIL and SMS), creates the work queue and its DLQ in
 moto, POSTs notifyContacts to the function (under `cargo lambda watch`), then
 plays Lambda's SQS poller: W pollers receive up to B messages each, invoke the
 function with the SQS event Lambda would send, delete what the answer does not
-list in batchItemFailures. Stops when the event is DONE or FAILED, then prints
-a table and checks what moto recorded.
+list in batchItemFailures. Follows the event through the read API alone
+(GET .../notificationEvent/OFFER/offer-bulk) until it is DONE or FAILED, then
+prints a table and checks what moto recorded.
 
 usage: e2e_queue.py MOTO_URL FUNCTION_PORT TABLE QUEUE_URL N W B
 """
@@ -54,7 +55,12 @@ queued = event["info"]["queuedDeliveries"]
 messages = event["info"]["queueMessages"]
 
 def event_status():
-    item = ddb.get_item(Key={"pk": "ORG#org-bulk", "sk": f"EVENT#{event_id}"}, ConsistentRead=True)["Item"]
+    # Followed through the read API alone, as a caller would: the offer's
+    # newest events (GET .../notificationEvent/OFFER/{offerId}).
+    url = f"{base}/lambda-url/notify-offer-contacts/org/org-bulk/notificationEvent/OFFER/offer-bulk?limit=5"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        page = json.loads(r.read())
+    item = next(e for e in page["notificationEvents"] if e["eventID"] == event_id)
     return item["eventStatus"], item
 
 invocations = [0]
@@ -99,7 +105,7 @@ while True:
         break
     if time.monotonic() - t0 > 1800:
         sys.exit(f"event still {st} after 30 min")
-    time.sleep(0.2)
+    time.sleep(0.5)
 t_done = time.monotonic() - t0
 done.set()
 for t in threads:

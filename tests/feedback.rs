@@ -370,3 +370,44 @@ async fn sms_delivery_logs_end_in_delivered_and_opted_out_and_never_hold_the_num
     assert_eq!(e["info"]["deliverySummary"]["SMS"]["failed"], 1);
     assert_eq!(e["eventStatus"], "FAILED");
 }
+
+#[test]
+fn every_ses_sample_in_events_reads_as_its_step() {
+    use notify_offer_contacts::feedback::{Report, parse_feedback};
+    use notify_offer_contacts::model::DeliveryOutcome::*;
+    for (name, expected) in [
+        ("sns-ses-send", None),
+        ("sns-ses-open", None),
+        ("sns-ses-delivery", Some(Some(Delivered))),
+        ("sns-ses-delivery-delay", Some(Some(Delayed))),
+        ("sns-ses-bounce", Some(Some(Bounced))),
+        ("sns-ses-bounce-suppressed", Some(Some(Suppressed))),
+        ("sns-ses-complaint", Some(Some(Complained))),
+        ("sns-ses-reject", Some(Some(Rejected))),
+        ("sns-ses-rendering-failure", Some(Some(Rejected))),
+        ("sns-ses-click", Some(None)),
+    ] {
+        let e = common::read_json(format!("events/{name}.json"));
+        let sns = &e["Records"][0]["Sns"];
+        let parsed = parse_feedback(
+            sns["MessageId"].as_str().unwrap(),
+            sns["Message"].as_str().unwrap(),
+        )
+        .unwrap_or_else(|why| panic!("{name}: {why}"));
+        let got = parsed.map(|f| match f.report {
+            Report::Outcome(o, reason) => {
+                assert!(!reason.contains('@'), "{name}: {reason}");
+                Some(o)
+            }
+            Report::Click => None,
+        });
+        assert_eq!(got, expected, "{name}");
+    }
+    // The SMS sample: one SUCCESS line.
+    let logs = common::read_json("events/cloudwatch-logs-sms.json");
+    let lines =
+        notify_offer_contacts::feedback::parse_sms_logs(logs["awslogs"]["data"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].as_ref().unwrap().outcome, Delivered);
+}
