@@ -119,7 +119,7 @@ subs = {str(e["Properties"].get("LogGroupName")) for e in props(api)["Events"].v
 check({"{'Ref': 'SmsDeliveryLogGroup'}", "{'Ref': 'SmsFailureLogGroup'}"} <= subs, "the function subscribes to both SMS delivery log groups")
 check("logs" in env(api).get("INPUTS", ""), "the API function takes CloudWatch Logs events (INPUTS)")
 gsi = [g for g in props("NotifyTable").get("GlobalSecondaryIndexes", []) if g["IndexName"] == "ProviderMessages"]
-check(gsi and [k["AttributeName"] for k in gsi[0]["KeySchema"]] == ["messageId"], "the ProviderMessages index")
+check(gsi and [k["AttributeName"] for k in gsi[0]["KeySchema"]] == ["smsMessageId"], "the ProviderMessages index")
 check(any("index/ProviderMessages" in str(s.get("Resource")) for s in statements(api)), "the API function may query the ProviderMessages index")
 
 # The read API: its index (keyed within one organisation), its routes, its IAM.

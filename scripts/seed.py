@@ -24,7 +24,7 @@ table = ddb.create_table(
         {"AttributeName": "pendingIndex", "AttributeType": "S"},
         {"AttributeName": "resumeAt", "AttributeType": "N"},
         {"AttributeName": "entityIndex", "AttributeType": "S"},
-        {"AttributeName": "messageId", "AttributeType": "S"},
+        {"AttributeName": "smsMessageId", "AttributeType": "S"},
     ],
     # The sweeper's index over PENDING events and the read API's index of
     # events by entity, as template.yaml declares them.
@@ -40,7 +40,7 @@ table = ddb.create_table(
     }, {
         # SMS delivery logs find their ledger entry by message ID.
         "IndexName": "ProviderMessages",
-        "KeySchema": [{"AttributeName": "messageId", "KeyType": "HASH"}],
+        "KeySchema": [{"AttributeName": "smsMessageId", "KeyType": "HASH"}],
         "Projection": {"ProjectionType": "KEYS_ONLY"},
     }],
     BillingMode="PAY_PER_REQUEST",

@@ -295,8 +295,8 @@ pub struct SmsReport {
 }
 
 /// Most bytes a subscription payload may inflate to (CloudWatch Logs sends
-/// at most 1 MB of events per invocation, compressed).
-const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+/// at most 1 MB of events per invocation; more is dropped, not parsed).
+const MAX_LOG_BYTES: u64 = 2 * 1024 * 1024;
 
 /// The carrier's answer as a reason: words only (no digits, so no number
 /// can pass), 120 characters at most.

@@ -411,3 +411,51 @@ fn every_ses_sample_in_events_reads_as_its_step() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].as_ref().unwrap().outcome, Delivered);
 }
+
+#[tokio::test]
+async fn a_report_for_a_pending_event_is_retried_and_a_loss_is_counted_once() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let env = TestEnv::new().await;
+    let event = env
+        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo"}))
+        .await
+        .unwrap()["eventID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ann = ses_id(&env, "org-demo", &event, "c-ann").await;
+    let set_status = |s: &'static str| {
+        let env = &env;
+        let event = event.clone();
+        async move {
+            env.dynamo()
+                .update_item()
+                .table_name(&env.table)
+                .key("pk", AttributeValue::S("ORG#org-demo".into()))
+                .key("sk", AttributeValue::S(format!("EVENT#{event}")))
+                .update_expression("SET eventStatus = :s")
+                .expression_attribute_values(":s", AttributeValue::S(s.into()))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    // The run is still sending (PENDING): the ledger moves, the event waits,
+    // and the invocation fails so that the report comes again.
+    set_status("PENDING").await;
+    let bounce = report("sns-ses-bounce", "org-demo", &event, "c-ann", &ann, "p1");
+    let e = env.invoke(bounce.clone()).await.unwrap_err();
+    assert_eq!(e.error_type, "InternalError", "{e:?}");
+    set_status("DONE").await;
+    // Delivered again (Lambda's retry), twice: counted once.
+    env.invoke(bounce.clone()).await.unwrap();
+    env.invoke(bounce).await.unwrap();
+    let stored = env
+        .items("org-demo", &format!("EVENT#{event}"))
+        .await
+        .remove(0);
+    assert_eq!(stored["eventStatus"], "FAILED");
+    assert_eq!(stored["info"]["deliverySummary"]["EMAIL"]["failed"], 1);
+    assert_eq!(stored["info"]["deliverySummary"]["EMAIL"]["sent"], 1);
+    assert_eq!(stored["info"]["lostDeliveries"], json!(["EMAIL#c-ann"]));
+}

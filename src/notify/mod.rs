@@ -351,10 +351,7 @@ pub fn summarise(
         let entry = per_channel
             .entry(d.channel.as_str().to_owned())
             .or_insert_with(|| json!({"sent": 0, "skipped": 0, "failed": 0}));
-        // Sent, then reported lost (a hard bounce, a suppression): failed.
-        let lost = d.status == DeliveryStatus::Sent && !d.reached();
         let key = match d.status {
-            DeliveryStatus::Sent if lost => "failed",
             DeliveryStatus::Sent => "sent",
             DeliveryStatus::Skipped => "skipped",
             DeliveryStatus::Failed => "failed",
@@ -364,7 +361,6 @@ pub fn summarise(
         };
         entry[key] = json!(entry[key].as_u64().unwrap_or(0) + 1);
         match d.status {
-            DeliveryStatus::Sent if lost => failed += 1,
             DeliveryStatus::Sent => sent += 1,
             // Not known to be accepted: the event cannot say DONE.
             DeliveryStatus::Failed | DeliveryStatus::Sending | DeliveryStatus::Unconfirmed => {

@@ -33,11 +33,37 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A port no other test process has taken: nextest runs each test in its
+/// own process, and two of them asking the OS at the same moment can be
+/// handed the same just-released port (one moto then fails to bind, and its
+/// test talks to the other's). Each port handed out is reserved with a file
+/// created exclusively under the system's temp folder; reservations older
+/// than 15 minutes are stale (their test is over) and are reused.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let dir = std::env::temp_dir().join("notify-offer-contacts-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    for _ in 0..50 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let lock = dir.join(port.to_string());
+        let stale = std::fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(900)));
+        if stale {
+            let _ = std::fs::remove_file(&lock);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port after 50 tries")
 }
 
 /// A child process that is killed when the test ends, pass or fail.
@@ -364,10 +390,10 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         )
         .build()
         .unwrap();
-    // Ledger entries by provider message ID (SMS delivery logs).
+    // SMS ledger entries by SNS message ID (SMS delivery logs).
     let provider = GlobalSecondaryIndex::builder()
         .index_name(notify_offer_contacts::aws::dynamo::PROVIDER_INDEX)
-        .key_schema(key("messageId", KeyType::Hash))
+        .key_schema(key("smsMessageId", KeyType::Hash))
         .projection(
             Projection::builder()
                 .projection_type(ProjectionType::KeysOnly)
@@ -382,7 +408,7 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) {
         .attribute_definitions(attr("sk"))
         .attribute_definitions(attr("pendingIndex"))
         .attribute_definitions(attr("entityIndex"))
-        .attribute_definitions(attr("messageId"))
+        .attribute_definitions(attr("smsMessageId"))
         .attribute_definitions(
             AttributeDefinition::builder()
                 .attribute_name("resumeAt")

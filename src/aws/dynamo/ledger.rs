@@ -16,6 +16,13 @@ fn delivery_item(org: &OrgId, event_id: &str, d: &Delivery) -> Result<Item, serd
     item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
     item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
     item.extend(key(org_pk(org), delivery_sk(event_id, d)));
+    // The ProviderMessages index: SMS entries by SNS message ID (their
+    // delivery logs name nothing else).
+    if let (crate::model::NotificationChannel::Sms, Some(id)) = (&d.channel, &d.message_id)
+        && !id.is_empty()
+    {
+        item.insert("smsMessageId".into(), AttributeValue::S(id.clone()));
+    }
     Ok(item)
 }
 
