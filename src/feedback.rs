@@ -158,17 +158,7 @@ pub fn parse_feedback(sns_message_id: &str, message: &str) -> Result<Option<Feed
         "Click" => (Report::Click, &ses["click"]["timestamp"]),
         _ => return Ok(None),
     };
-    let tag = |name: &str| ses["mail"]["tags"][name].get(0).and_then(Value::as_str);
-    let org = tag("organizationID")
-        .and_then(|o| OrgId::parse(o).ok())
-        .ok_or("no valid organizationID tag")?;
-    let contact = tag("contactId")
-        .and_then(|c| ContactId::parse(c).ok())
-        .ok_or("no valid contactId tag")?;
-    let event_id = tag("eventID")
-        .filter(|e| e.len() == 36 && uuid::Uuid::parse_str(e).is_ok())
-        .ok_or("no valid eventID tag")?
-        .to_ascii_lowercase();
+    let (org, contact, event_id) = crate::tracking::ses_tags(&ses)?;
     let provider_message_id = ses["mail"]["messageId"]
         .as_str()
         .filter(|m| (1..=200).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_graphic()))

@@ -125,18 +125,9 @@ impl<X: OpenTracker + ?Sized> OpenTracker for std::sync::Arc<X> {
 /// Why an SES event was dropped (for the log; never an error of the invocation).
 pub type Dropped = &'static str;
 
-/// Reads one SNS record's SES event. `Ok(None)`: not an open (deliveries,
-/// clicks...), nothing to do.
-pub fn parse_open(sns_message_id: &str, message: &str) -> Result<Option<Open>, Dropped> {
-    let ses: Value = serde_json::from_str(message).map_err(|_| "the SNS message is not JSON")?;
-    let kind = ses
-        .get("eventType")
-        .or_else(|| ses.get("notificationType"))
-        .and_then(Value::as_str)
-        .ok_or("no eventType")?;
-    if kind != "Open" {
-        return Ok(None);
-    }
+/// The organisation, contact and event an SES event names by the tags every
+/// email carries, checked (they become key parts).
+pub(crate) fn ses_tags(ses: &Value) -> Result<(OrgId, ContactId, String), Dropped> {
     let tag = |name: &str| ses["mail"]["tags"][name].get(0).and_then(Value::as_str);
     let org = tag("organizationID")
         .and_then(|o| OrgId::parse(o).ok())
@@ -149,7 +140,23 @@ pub fn parse_open(sns_message_id: &str, message: &str) -> Result<Option<Open>, D
             (1..=64).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
         })
         .ok_or("no valid eventID tag")?
-        .to_owned();
+        .to_ascii_lowercase();
+    Ok((org, contact, event_id))
+}
+
+/// Reads one SNS record's SES event. `Ok(None)`: not an open (deliveries,
+/// clicks...), nothing to do.
+pub fn parse_open(sns_message_id: &str, message: &str) -> Result<Option<Open>, Dropped> {
+    let ses: Value = serde_json::from_str(message).map_err(|_| "the SNS message is not JSON")?;
+    let kind = ses
+        .get("eventType")
+        .or_else(|| ses.get("notificationType"))
+        .and_then(Value::as_str)
+        .ok_or("no eventType")?;
+    if kind != "Open" {
+        return Ok(None);
+    }
+    let (org, contact, event_id) = ses_tags(&ses)?;
     let at = ses["open"]["timestamp"]
         .as_str()
         .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())

@@ -36,17 +36,11 @@ async fn ses_id(env: &TestEnv, org: &str, event: &str, contact: &str) -> String 
 
 /// `status` of each message of the event, read through the GET route.
 async fn statuses(env: &TestEnv, org: &str, event: &str) -> Vec<(String, String, Value)> {
-    let mut get = common::read_json("events/http-api-notify-all.json");
-    let path = format!("/org/{org}/notificationMessage");
-    get["rawPath"] = json!(path);
-    get["rawQueryString"] = json!(format!("eventId={event}"));
-    get["queryStringParameters"] = json!({"eventId": event});
-    get["requestContext"]["http"]["method"] = json!("GET");
-    get["requestContext"]["http"]["path"] = json!(path);
-    get["requestContext"]["authorizer"]["lambda"]["organizationID"] = json!(org);
-    let o = get.as_object_mut().unwrap();
-    o.remove("pathParameters");
-    o.remove("body");
+    let get = common::http_get(
+        &format!("/org/{org}/notificationMessage"),
+        &[("eventId", event)],
+        org,
+    );
     let a = HttpAnswer::from(env.invoke(get).await.unwrap());
     assert_eq!(a.status, 200, "{}", a.body);
     a.body["notificationMessages"]
@@ -333,16 +327,11 @@ async fn sms_delivery_logs_end_in_delivered_and_opted_out_and_never_hold_the_num
     );
     assert_eq!(env.invoke(other).await.unwrap()["dropped"], 1);
 
-    let mut get = common::read_json("events/http-api-notify-all.json");
-    let path = "/org/org-demo/notificationMessage";
-    get["rawPath"] = json!(path);
-    get["rawQueryString"] = json!(format!("eventId={event}"));
-    get["queryStringParameters"] = json!({"eventId": event});
-    get["requestContext"]["http"]["method"] = json!("GET");
-    get["requestContext"]["http"]["path"] = json!(path);
-    let o = get.as_object_mut().unwrap();
-    o.remove("pathParameters");
-    o.remove("body");
+    let get = common::http_get(
+        "/org/org-demo/notificationMessage",
+        &[("eventId", &event)],
+        "org-demo",
+    );
     let a = HttpAnswer::from(env.invoke(get).await.unwrap());
     let sms: Vec<&Value> = a.body["notificationMessages"]
         .as_array()

@@ -10,31 +10,12 @@ use std::collections::HashSet;
 use common::{HttpAnswer, TestEnv};
 use serde_json::{Value, json};
 
-/// A GET through the HTTP API (payload v2), as the caller of `claim_org`.
-fn get(path: &str, query: &[(&str, &str)], claim_org: &str) -> Value {
-    let mut e = common::read_json("events/http-api-notify-all.json");
-    let raw_query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    e["routeKey"] = json!(format!("GET {path}"));
-    e["rawPath"] = json!(path);
-    e["rawQueryString"] = json!(raw_query.join("&"));
-    e["requestContext"]["http"]["method"] = json!("GET");
-    e["requestContext"]["http"]["path"] = json!(path);
-    e["requestContext"]["authorizer"]["lambda"]["organizationID"] = json!(claim_org);
-    let q: serde_json::Map<String, Value> =
-        query.iter().map(|(k, v)| ((*k).into(), json!(v))).collect();
-    if q.is_empty() {
-        e.as_object_mut().unwrap().remove("queryStringParameters");
-    } else {
-        e["queryStringParameters"] = Value::Object(q);
-    }
-    let o = e.as_object_mut().unwrap();
-    o.remove("pathParameters");
-    o.remove("body");
-    e
-}
-
 async fn read(env: &TestEnv, path: &str, query: &[(&str, &str)], org: &str) -> HttpAnswer {
-    HttpAnswer::from(env.invoke(get(path, query, org)).await.expect("an answer"))
+    HttpAnswer::from(
+        env.invoke(common::http_get(path, query, org))
+            .await
+            .expect("an answer"),
+    )
 }
 
 async fn notify(env: &TestEnv, org: &str) -> String {
@@ -297,13 +278,13 @@ async fn bad_parameters_are_a_400_with_a_sentence() {
     .await;
     assert_eq!(a.status, 404);
     // Another method on a read route: 405, Allow: GET.
-    let mut post = get(events, &[], "org-demo");
+    let mut post = common::http_get(events, &[], "org-demo");
     post["requestContext"]["http"]["method"] = json!("POST");
     let a = HttpAnswer::from(env.invoke(post).await.unwrap());
     assert_eq!(a.status, 405);
     assert_eq!(a.header("allow"), Some("GET"));
     // No authorizer claim: 403, as for the POST.
-    let mut no_claim = get(events, &[], "org-demo");
+    let mut no_claim = common::http_get(events, &[], "org-demo");
     no_claim["requestContext"]["authorizer"]["lambda"]
         .as_object_mut()
         .unwrap()

@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
 };
 use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 use notify_offer_contacts::config::Config;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const SENDER: &str = "offers@seller.example.com";
 pub const TOPIC_NAME: &str = "notify-org-demo";
@@ -312,6 +312,29 @@ impl TestEnv {
             .map(|i| serde_dynamo::from_item(i).expect("item"))
             .collect()
     }
+}
+
+/// A GET through the HTTP API (payload v2), as the caller of `claim_org`.
+pub fn http_get(path: &str, query: &[(&str, &str)], claim_org: &str) -> Value {
+    let mut e = read_json("events/http-api-notify-all.json");
+    let raw_query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    e["routeKey"] = json!(format!("GET {path}"));
+    e["rawPath"] = json!(path);
+    e["rawQueryString"] = json!(raw_query.join("&"));
+    e["requestContext"]["http"]["method"] = json!("GET");
+    e["requestContext"]["http"]["path"] = json!(path);
+    e["requestContext"]["authorizer"]["lambda"]["organizationID"] = json!(claim_org);
+    let q: serde_json::Map<String, Value> =
+        query.iter().map(|(k, v)| ((*k).into(), json!(v))).collect();
+    if q.is_empty() {
+        e.as_object_mut().unwrap().remove("queryStringParameters");
+    } else {
+        e["queryStringParameters"] = Value::Object(q);
+    }
+    let o = e.as_object_mut().unwrap();
+    o.remove("pathParameters");
+    o.remove("body");
+    e
 }
 
 pub struct HttpAnswer {
