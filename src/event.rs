@@ -424,9 +424,18 @@ async fn track_opens<U: OpenTracker + crate::feedback::FeedbackTracker>(
     let (mut recorded, mut duplicates, mut ignored, mut dropped) = (0, 0, 0, 0);
     let mut applied = 0;
     for (message_id, message) in messages {
-        match crate::tracking::parse_open(message_id, message) {
+        let ses = crate::tracking::read_ses(message);
+        match ses
+            .as_ref()
+            .map_err(|why| *why)
+            .and_then(|ses| crate::tracking::open_from(message_id, ses))
+        {
             // Not an open: a delivery, bounce, complaint, click...
-            Ok(None) => match crate::feedback::parse_feedback(message_id, message) {
+            Ok(None) => match ses
+                .as_ref()
+                .map_err(|why| *why)
+                .and_then(|ses| crate::feedback::feedback_from(message_id, ses))
+            {
                 Ok(None) => ignored += 1,
                 Err(why) => {
                     tracing::warn!(reason = why, sns_message_id = %message_id, "SES event dropped");

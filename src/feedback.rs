@@ -82,14 +82,16 @@ fn word(v: &Value) -> &str {
 /// Reads one SNS record's SES event. `Ok(None)`: nothing to apply here (an
 /// open, handled by `tracking`; a Send, which the ledger already says).
 pub fn parse_feedback(sns_message_id: &str, message: &str) -> Result<Option<Feedback>, Dropped> {
-    let ses: Value = serde_json::from_str(message).map_err(|_| "the SNS message is not JSON")?;
-    let kind = ses
-        .get("eventType")
-        .or_else(|| ses.get("notificationType"))
-        .and_then(Value::as_str)
-        .ok_or("no eventType")?;
+    feedback_from(sns_message_id, &crate::tracking::read_ses(message)?)
+}
+
+/// The report an SES event (read once by `tracking::read_ses`) makes, if any.
+pub fn feedback_from(
+    sns_message_id: &str,
+    (ses, kind): &(Value, String),
+) -> Result<Option<Feedback>, Dropped> {
     use DeliveryOutcome::*;
-    let (report, at_field) = match kind {
+    let (report, at_field) = match kind.as_str() {
         "Delivery" => (
             Report::Outcome(Delivered, "delivered to the recipient's mail server".into()),
             &ses["delivery"]["timestamp"],
@@ -158,7 +160,7 @@ pub fn parse_feedback(sns_message_id: &str, message: &str) -> Result<Option<Feed
         "Click" => (Report::Click, &ses["click"]["timestamp"]),
         _ => return Ok(None),
     };
-    let (org, contact, event_id) = crate::tracking::ses_tags(&ses)?;
+    let (org, contact, event_id) = crate::tracking::ses_tags(ses)?;
     let provider_message_id = ses["mail"]["messageId"]
         .as_str()
         .filter(|m| (1..=200).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_graphic()))

@@ -147,16 +147,30 @@ pub(crate) fn ses_tags(ses: &Value) -> Result<(OrgId, ContactId, String), Droppe
 /// Reads one SNS record's SES event. `Ok(None)`: not an open (deliveries,
 /// clicks...), nothing to do.
 pub fn parse_open(sns_message_id: &str, message: &str) -> Result<Option<Open>, Dropped> {
+    open_from(sns_message_id, &read_ses(message)?)
+}
+
+/// An SNS message's SES event, parsed once, with its type.
+pub fn read_ses(message: &str) -> Result<(Value, String), Dropped> {
     let ses: Value = serde_json::from_str(message).map_err(|_| "the SNS message is not JSON")?;
     let kind = ses
         .get("eventType")
         .or_else(|| ses.get("notificationType"))
         .and_then(Value::as_str)
-        .ok_or("no eventType")?;
+        .ok_or("no eventType")?
+        .to_owned();
+    Ok((ses, kind))
+}
+
+/// The open an SES event reports, if it is one.
+pub fn open_from(
+    sns_message_id: &str,
+    (ses, kind): &(Value, String),
+) -> Result<Option<Open>, Dropped> {
     if kind != "Open" {
         return Ok(None);
     }
-    let (org, contact, event_id) = ses_tags(&ses)?;
+    let (org, contact, event_id) = ses_tags(ses)?;
     let at = ses["open"]["timestamp"]
         .as_str()
         .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())

@@ -108,15 +108,9 @@ impl EventStore for DynamoStore {
         to: time::OffsetDateTime,
         sweeps: u32,
     ) -> Result<bool, StoreError> {
-        let rfc3339 = |t: time::OffsetDateTime| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .map_err(|e| StoreError::Malformed {
-                    op: "move event lease",
-                    detail: e.to_string(),
-                })
-        };
-        let to_text = rfc3339(to)?;
-        let now_text = rfc3339(crate::model::event::now_millis())?;
+        const OP: &str = "move event lease";
+        let to_text = rfc3339(to, OP)?;
+        let now_text = rfc3339(crate::model::event::now_millis(), OP)?;
         let update = || {
             self.client
                 .update_item()

@@ -22,14 +22,6 @@ const MAX_FEEDBACK_IDS: usize = 100;
 
 const OP: &str = "apply provider feedback";
 
-fn rfc3339(t: time::OffsetDateTime, op: &'static str) -> Result<String, StoreError> {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| StoreError::Malformed {
-            op,
-            detail: e.to_string(),
-        })
-}
-
 fn outcome_of(item: Option<&Item>) -> Option<DeliveryOutcome> {
     item.and_then(|o| o.get("outcome"))
         .and_then(|v| v.as_s().ok())

@@ -74,11 +74,36 @@ fn empty(values: &[(&str, String)]) -> bool {
     get(":hi") < get(":lo")
 }
 
+impl DynamoStore {
+    /// A Query of the scope's key condition, newest first, from `start`.
+    fn scope_query(
+        &self,
+        (index, cond, values): &(
+            Option<&'static str>,
+            &'static str,
+            Vec<(&'static str, String)>,
+        ),
+        start: Option<Item>,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .set_index_name(index.map(str::to_owned))
+            .key_condition_expression(*cond)
+            .set_exclusive_start_key(start);
+        for (k, v) in values {
+            query = query.expression_attribute_values(*k, AttributeValue::S(v.clone()));
+        }
+        query
+    }
+}
+
 impl EventReader for DynamoStore {
     async fn list_events(&self, org: &OrgId, q: &ListQuery) -> Result<EventList, StoreError> {
         const OP: &str = "list events";
-        let (index, cond, values) = condition(org, &q.scope, q.before.as_deref());
-        if empty(&values) {
+        let scope = condition(org, &q.scope, q.before.as_deref());
+        if empty(&scope.2) {
             return Ok(EventList::default());
         }
         let cursor = q.before.as_deref().map(event_sk);
@@ -90,17 +115,9 @@ impl EventReader for DynamoStore {
         let mut start: Option<Item> = None;
         for page_no in 0..MAX_PAGES {
             let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .set_index_name(index.map(str::to_owned))
-                .key_condition_expression(cond)
+                .scope_query(&scope, start.take())
                 .scan_index_forward(false)
-                .limit((want - found.len()).min(i32::MAX as usize) as i32)
-                .set_exclusive_start_key(start.take());
-            for (k, v) in &values {
-                query = query.expression_attribute_values(*k, AttributeValue::S(v.clone()));
-            }
+                .limit((want - found.len()).min(i32::MAX as usize) as i32);
             let mut names = Vec::with_capacity(EVENT_WITHOUT_LISTS.len() + 1);
             for (i, a) in EVENT_WITHOUT_LISTS.iter().chain(["sk"].iter()).enumerate() {
                 names.push(format!("#a{i}"));
@@ -135,25 +152,19 @@ impl EventReader for DynamoStore {
 
     async fn count_events(&self, org: &OrgId, scope: &Scope) -> Result<Option<usize>, StoreError> {
         const OP: &str = "count events";
-        let (index, cond, values) = condition(org, scope, None);
-        if empty(&values) {
+        let scope = condition(org, scope, None);
+        if empty(&scope.2) {
             return Ok(Some(0));
         }
         let mut count = 0usize;
         let mut start: Option<Item> = None;
         for _ in 0..MAX_PAGES {
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .set_index_name(index.map(str::to_owned))
-                .key_condition_expression(cond)
+            let page = self
+                .scope_query(&scope, start.take())
                 .select(aws_sdk_dynamodb::types::Select::Count)
-                .set_exclusive_start_key(start.take());
-            for (k, v) in &values {
-                query = query.expression_attribute_values(*k, AttributeValue::S(v.clone()));
-            }
-            let page = query.send().await.map_err(unavailable(OP))?;
+                .send()
+                .await
+                .map_err(unavailable(OP))?;
             count += page.count.max(0) as usize;
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),

@@ -63,6 +63,15 @@ pub fn contact_sk(contact: &str) -> String {
     format!("CONTACT#{contact}")
 }
 pub const SETTINGS_SK: &str = "NOTIFICATION_CONFIG";
+/// A time as the items store it (RFC 3339); `op` names the write for the error.
+pub(super) fn rfc3339(t: time::OffsetDateTime, op: &'static str) -> Result<String, StoreError> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Malformed {
+            op,
+            detail: e.to_string(),
+        })
+}
+
 pub fn event_sk(event_id: &str) -> String {
     format!("EVENT#{event_id}")
 }
