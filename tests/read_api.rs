@@ -292,3 +292,17 @@ async fn bad_parameters_are_a_400_with_a_sentence() {
     let a = HttpAnswer::from(env.invoke(no_claim).await.unwrap());
     assert_eq!(a.status, 403);
 }
+
+#[tokio::test]
+async fn an_uppercase_cursor_on_the_offer_route_is_served() {
+    let env = TestEnv::new().await;
+    notify(&env, "org-demo").await;
+    let a = read(
+        &env,
+        "/org/org-demo/notificationEvent/OFFER/offer-demo",
+        &[("cursor", "C057C1dA-d4B8-1B9d-CD90-eA5CbE5B9F00")],
+        "org-demo",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
