@@ -288,6 +288,9 @@ fn event_key(event: &NotificationEvent) -> (String, String) {
     )
 }
 
+/// The separate reads, side by side (the trait's default).
+impl crate::ports::WorkStore for MemoryStore {}
+
 impl EventStore for MemoryStore {
     async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
         if !self.write(StoreOp::CreateEvent)? {

@@ -143,6 +143,59 @@ pub trait ContactStore: Send + Sync {
     ) -> impl Future<Output = Result<Contacts, StoreError>> + Send;
 }
 
+/// Everything a worker reads for one queue message.
+#[derive(Debug, Clone, Default)]
+pub struct WorkReads {
+    /// The event: its head, or the whole of it when asked.
+    pub event: Option<NotificationEvent>,
+    /// The offer's details (without its contact list).
+    pub offer: Option<Offer>,
+    pub settings: NotificationSettings,
+    /// The ledger entries asked for that exist.
+    pub ledger: Vec<Delivery>,
+    pub contacts: Contacts,
+}
+
+/// A worker's reads, in as few calls as the store can make them. The default
+/// makes the five reads side by side; DynamoDB makes two BatchGetItem calls.
+pub trait WorkStore: OfferStore + ContactStore + EventStore {
+    /// The event (whole when `whole`, else its head), the offer's details,
+    /// the settings, the ledger entries under `keys` and the contacts `ids`.
+    fn work_reads(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        whole: bool,
+        offer: &OfferId,
+        keys: &[String],
+        ids: &[ContactId],
+    ) -> impl Future<Output = Result<WorkReads, StoreError>> + Send {
+        async move {
+            let contacts = async {
+                if ids.is_empty() {
+                    Ok(Contacts::default())
+                } else {
+                    self.contacts(org, ids).await
+                }
+            };
+            let (event, offer, settings, ledger, contacts) = futures::try_join!(
+                self.event(org, event_id, whole),
+                self.offer_details(org, offer),
+                self.settings(org),
+                self.deliveries(org, event_id, keys),
+                contacts
+            )?;
+            Ok(WorkReads {
+                event,
+                offer,
+                settings,
+                ledger,
+                contacts,
+            })
+        }
+    }
+}
+
 /// The state of one idempotency key (scoped to the organisation, docs/contract.md).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -498,6 +551,11 @@ macro_rules! delegate {
             }
             fn move_lease(&self, org: &OrgId, event_id: &str, from: Option<&str>, to: time::OffsetDateTime, sweeps: u32) -> impl Future<Output = Result<bool, StoreError>> + Send {
                 (**self).move_lease(org, event_id, from, to, sweeps)
+            }
+        }
+        impl<X: WorkStore + ?Sized> WorkStore for $wrapper {
+            fn work_reads(&self, org: &OrgId, event_id: &str, whole: bool, offer: &OfferId, keys: &[String], ids: &[ContactId]) -> impl Future<Output = Result<WorkReads, StoreError>> + Send {
+                (**self).work_reads(org, event_id, whole, offer, keys, ids)
             }
         }
         impl<X: IdempotencyStore + ?Sized> IdempotencyStore for $wrapper {

@@ -19,7 +19,7 @@ use crate::model::{
 use crate::notify::{
     Action, Announce, Hold, Notifier, WebhookWork, attempt_of, failed_all, skipped, unconfirm,
 };
-use crate::ports::{ContactStore, EventStore, IdempotencyStore, OfferStore, StoreError, WorkBatch};
+use crate::ports::{IdempotencyStore, StoreError, WorkBatch, WorkReads, WorkStore};
 
 /// What became of one work message.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +78,7 @@ pub trait Work: Send + Sync {
 
 impl<S> Work for Notifier<S>
 where
-    S: OfferStore + ContactStore + EventStore + IdempotencyStore,
+    S: WorkStore + IdempotencyStore,
 {
     async fn work(
         &self,
@@ -138,7 +138,7 @@ fn ids(batch: &WorkBatch) -> Result<Ids, WorkError> {
 
 impl<S> Notifier<S>
 where
-    S: OfferStore + ContactStore + EventStore + IdempotencyStore,
+    S: WorkStore + IdempotencyStore,
 {
     async fn work_once(
         &self,
@@ -171,14 +171,35 @@ where
             });
         }
         let started = tokio::time::Instant::now();
-        // The topic delivery publishes the whole event; the others need only
-        // its head (reads that do not grow with the recipients).
+        // Everything the message needs, read at once: the topic delivery
+        // publishes the whole event, the others need only its head (reads that
+        // do not grow with the recipients); the contacts are all those the
+        // message names (those already settled are read for nothing, rarely).
         let whole = batch.deliveries.iter().any(|i| i.contact_id.is_none());
-        let (event, offer, settings) = tokio::try_join!(
-            self.store.event(&org, &event_id, whole),
-            self.store.offer_details(&org, &offer_id),
-            self.store.settings(&org)
-        )?;
+        let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
+        let mut contact_ids: Vec<crate::model::ContactId> = Vec::new();
+        for c in batch
+            .deliveries
+            .iter()
+            .filter_map(|i| i.contact_id.as_deref())
+        {
+            let id = ContactId::parse(c).map_err(|_| {
+                WorkError::Malformed("a delivery's contactId is not a valid ID".into())
+            })?;
+            if !contact_ids.contains(&id) {
+                contact_ids.push(id);
+            }
+        }
+        let WorkReads {
+            event,
+            offer,
+            settings,
+            ledger,
+            contacts,
+        } = self
+            .store
+            .work_reads(&org, &event_id, whole, &offer_id, &keys, &contact_ids)
+            .await?;
         let event = event.ok_or_else(|| WorkError::EventNotFound(event_id.clone()))?;
         if event.event_status != Some(EventStatus::Pending) {
             return Ok(Worked {
@@ -197,14 +218,7 @@ where
         // Where each named delivery stands now. Every one must be in the
         // ledger under this message's batch: a message that names anything
         // else (forged, or corrupted) is refused whole, and sends nothing.
-        let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
-        let ledger: HashMap<String, Delivery> = self
-            .store
-            .deliveries(&org, &event_id, &keys)
-            .await?
-            .into_iter()
-            .map(|d| (d.key(), d))
-            .collect();
+        let ledger: HashMap<String, Delivery> = ledger.into_iter().map(|d| (d.key(), d)).collect();
         let foreign = keys
             .iter()
             .filter(|k| match ledger.get(*k) {
@@ -281,7 +295,7 @@ where
                 list.push(c.to_owned());
             }
         }
-        let recipients = self.recipients_of(&org, recipient_ids, cc_ids).await?;
+        let recipients = self.recipients_from(&org, recipient_ids, cc_ids, contacts);
         let wanted_keys: HashSet<String> = wanted.iter().map(|i| i.key()).collect();
         let (actions, decided) = self.plan(&event, &offer, &settings, &recipients);
         let actions: Vec<Action> = actions

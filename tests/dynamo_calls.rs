@@ -268,3 +268,204 @@ async fn each_read_route_costs_a_query_or_two_for_1000_events_and_1000_messages(
     // No Scan anywhere.
     assert!(measured.iter().all(|(_, c, _)| !c.contains_key("Scan")));
 }
+
+/// Offer `big` of org-bulk with 100 contacts by EMAIL, notified through a
+/// queue (threshold 10): the notifier (its DynamoDB calls counted from now
+/// on) and the 10 messages of 10 deliveries it queued.
+async fn handed_off_100(
+    env: &TestEnv,
+) -> (
+    Notifier<DynamoStore>,
+    CallCounter,
+    Vec<notify_offer_contacts::ports::WorkBatch>,
+) {
+    let n = 100;
+    let ids: Vec<String> = (0..n).map(|i| format!("bulk-{i}")).collect();
+    let mut items = vec![
+        json!({"pk": "ORG#org-bulk", "sk": "OFFER#big", "id": "big", "organizationID": "org-bulk",
+        "name": "Bulk offer", "status": "PENDING_ACCEPTANCE", "partner": "AWS", "contactIds": ids}),
+    ];
+    items.extend(ids.iter().map(|id| json!({"pk": "ORG#org-bulk", "sk": format!("CONTACT#{id}"), "id": id,
+        "organizationID": "org-bulk", "name": id, "emailAddress": format!("{id}@buyer.example.com")})));
+    common::seed(&env.sdk, &env.table, &json!({"items": items})).await;
+
+    let counter = CallCounter::default();
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&env.sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let sns = SnsPublisher::new(aws_sdk_sns::Client::new(&env.sdk));
+    let queue = std::sync::Arc::new(notify_offer_contacts::memory::MemoryQueue::default());
+    let mut app = Notifier {
+        store: DynamoStore::new(dynamo, env.table.clone()),
+        channels: notify_offer_contacts::channels::Providers {
+            mailer: std::sync::Arc::new(SesMailer::new(
+                aws_sdk_sesv2::Client::new(&env.sdk),
+                notify_offer_contacts::model::EmailAddress::parse(SENDER).unwrap(),
+                None,
+            )),
+            sms: std::sync::Arc::new(sns.clone()),
+            topics: std::sync::Arc::new(sns),
+            web: std::sync::Arc::new(notify_offer_contacts::channels::WebTargets::unconfigured()),
+        },
+        concurrency: 16,
+        rates: Default::default(),
+        policy: Default::default(),
+        queue: Some(queue.clone() as std::sync::Arc<dyn notify_offer_contacts::ports::WorkQueue>),
+    };
+    app.policy.hand_off.max_sync_recipients = 10;
+    app.notify(NotifyCommand::new(
+        OrgId::parse("org-bulk").unwrap(),
+        OfferId::parse("big").unwrap(),
+    ))
+    .await
+    .unwrap();
+    let messages = queue.drain();
+    assert_eq!(messages.len(), 10, "100 deliveries, 10 a message");
+    counter.0.lock().unwrap().clear();
+    (app, counter, messages)
+}
+
+/// The worker's side: a request of 100 contacts by EMAIL is handed to the
+/// queue (threshold 10), and each message of 10 deliveries is worked once.
+/// Counted per message: the reads, the takes, the outcomes and the batch's
+/// completion, against the synchronous path's floor of one write call per
+/// group for the intents (here, the takes) and one for the outcomes.
+#[tokio::test]
+async fn a_work_message_of_10_deliveries_costs_a_handful_of_calls() {
+    use notify_offer_contacts::work::{Work, WorkDone};
+    let env = TestEnv::new().await;
+    let (app, counter, messages) = handed_off_100(&env).await;
+
+    let mut closed = 0;
+    for m in messages {
+        let worked = app.work(m, 1, None).await.unwrap();
+        assert_eq!(worked.recorded.len(), 10);
+        closed += usize::from(matches!(worked.done, WorkDone::Closed(_)));
+    }
+    assert_eq!(closed, 1, "the last message closes the event");
+    assert_eq!(env.moto.emails().len(), 100);
+
+    let mut calls = counter.0.lock().unwrap().clone();
+    calls.remove(ITEMS);
+    let total: usize = calls.values().sum();
+    let mut table: Vec<_> = calls.iter().collect();
+    table.sort();
+    println!(
+        "worker calls for 10 messages of 10 deliveries: {table:?}; {total} in all, {:.2} a delivery",
+        total as f64 / 100.0
+    );
+    // Per message: 2 reads (BatchGetItem), 1 take (TransactWriteItems), the
+    // outcomes in 1 or 2 BatchWriteItem, 1 completion (UpdateItem); the last
+    // message also reads the event and its ledger and puts it closed (3 more).
+    // Before the takes were one transaction: 183 calls (5 reads and 10
+    // conditional PutItem a message).
+    assert_eq!(calls.get("BatchGetItem"), Some(&20), "{table:?}");
+    assert_eq!(calls.get("TransactWriteItems"), Some(&10), "{table:?}");
+    assert_eq!(calls.get("UpdateItem"), Some(&10), "{table:?}");
+    assert_eq!(
+        calls.get("PutItem"),
+        Some(&1),
+        "no take is a call of its own; one put closes the event: {table:?}"
+    );
+    assert!(
+        total <= 10 * 6 + 3,
+        "{total} calls for 100 deliveries: {table:?}"
+    );
+}
+
+/// Three deliveries of a message are SENDING under another copy of it. The
+/// worker reads that and takes the other seven (one transaction); and where
+/// the three are taken between its read and its take, the transaction is
+/// cancelled, names them, and is sent again without them.
+#[tokio::test]
+async fn a_take_contested_by_another_copy_takes_only_what_is_still_queued() {
+    use notify_offer_contacts::model::DeliveryStatus;
+    use notify_offer_contacts::ports::{EventStore, Written};
+    use notify_offer_contacts::work::{Work, WorkError};
+    let env = TestEnv::new().await;
+    let (app, counter, messages) = handed_off_100(&env).await;
+    let org = OrgId::parse("org-bulk").unwrap();
+    let hold_three = async |message: &notify_offer_contacts::ports::WorkBatch| {
+        let keys: Vec<String> = message.deliveries.iter().map(|d| d.key()).collect();
+        let mut held = app
+            .store
+            .deliveries(&org, &message.event_id, &keys[..3])
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 3);
+        for d in &mut held {
+            d.status = DeliveryStatus::Sending;
+        }
+        app.store
+            .save_deliveries(&org, &message.event_id, &held)
+            .await
+            .unwrap();
+        keys
+    };
+
+    // Seen at the read: the worker takes the seven.
+    let message = messages[0].clone();
+    let keys = hold_three(&message).await;
+    counter.0.lock().unwrap().clear();
+    let err = app.work(message.clone(), 1, None).await.unwrap_err();
+    assert!(matches!(err, WorkError::InFlightElsewhere(3)), "{err}");
+    assert_eq!(env.moto.emails().len(), 7, "the seven still QUEUED, once");
+    let calls = counter.0.lock().unwrap().clone();
+    assert_eq!(calls.get("TransactWriteItems"), Some(&1), "{calls:?}");
+    let ledger = app
+        .store
+        .deliveries(&org, &message.event_id, &keys)
+        .await
+        .unwrap();
+    let sent = ledger
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Sent)
+        .count();
+    assert_eq!(sent, 7, "{ledger:?}");
+    // The same message again while the three are still held: nothing twice.
+    let again = app.work(message, 2, None).await.unwrap_err();
+    assert!(matches!(again, WorkError::InFlightElsewhere(3)), "{again}");
+    assert_eq!(env.moto.emails().len(), 7);
+
+    // Taken between the read and the take: the store's answer names them.
+    let message = messages[1].clone();
+    let keys = hold_three(&message).await;
+    let mut takes = app
+        .store
+        .deliveries(&org, &message.event_id, &keys[3..])
+        .await
+        .unwrap();
+    takes.splice(
+        0..0,
+        app.store
+            .deliveries(&org, &message.event_id, &keys[..3])
+            .await
+            .unwrap(),
+    );
+    for d in &mut takes {
+        d.status = DeliveryStatus::Sending;
+    }
+    counter.0.lock().unwrap().clear();
+    let answer = app
+        .store
+        .replace_queued(&org, &message.event_id, &message.batch_id, &takes)
+        .await;
+    assert!(answer.failure.is_none(), "{:?}", answer.failure);
+    let mut expected = vec![Written::NotQueued; 3];
+    expected.extend([Written::Yes; 7]);
+    assert_eq!(answer.written, expected);
+    let calls = counter.0.lock().unwrap().clone();
+    assert_eq!(
+        calls.get("TransactWriteItems"),
+        Some(&2),
+        "cancelled once, then the seven: {calls:?}"
+    );
+    let ledger = app
+        .store
+        .deliveries(&org, &message.event_id, &keys)
+        .await
+        .unwrap();
+    assert!(ledger.iter().all(|d| d.status == DeliveryStatus::Sending));
+}

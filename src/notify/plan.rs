@@ -109,18 +109,25 @@ where
             return Ok(Default::default());
         }
         let read = self.store.contacts(org, &keys).await?;
-        let found = read
-            .found
-            .into_iter()
-            // Belt and braces: the store is keyed by org already.
-            .filter(|c| {
-                c.organization_id
-                    .as_deref()
-                    .is_none_or(|o| o == org.as_str())
-            })
-            .map(|c| (c.id.clone(), c))
-            .collect();
-        Ok((found, read.unreadable.into_iter().collect()))
+        Ok(index_contacts(org, read))
+    }
+
+    /// The recipients a worker plans for: the IDs its message names, with
+    /// the contacts it has read already.
+    pub(crate) fn recipients_from(
+        &self,
+        org: &OrgId,
+        ids: Vec<String>,
+        cc_ids: Vec<String>,
+        read: crate::ports::Contacts,
+    ) -> Recipients {
+        let (contacts, unreadable) = index_contacts(org, read);
+        Recipients {
+            ids,
+            cc_ids,
+            contacts,
+            unreadable,
+        }
     }
 
     /// The recipients a stored event names (its own list, not the request's),
@@ -152,4 +159,23 @@ where
     ) -> (Vec<Action>, Vec<Delivery>) {
         crate::channels::plan(event, offer, settings, r, &self.policy)
     }
+}
+
+/// Contacts by ID, and the IDs whose items were unreadable.
+fn index_contacts(
+    org: &OrgId,
+    read: crate::ports::Contacts,
+) -> (HashMap<String, Contact>, HashSet<String>) {
+    let found = read
+        .found
+        .into_iter()
+        // Belt and braces: the store is keyed by org already.
+        .filter(|c| {
+            c.organization_id
+                .as_deref()
+                .is_none_or(|o| o == org.as_str())
+        })
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    (found, read.unreadable.into_iter().collect())
 }

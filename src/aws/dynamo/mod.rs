@@ -34,7 +34,8 @@ use crate::model::{
 };
 use crate::ports::{
     BatchProgress, Claim, ContactStore, Contacts, EventStore, IdempotencyRecord, IdempotencyStore,
-    KeyHold, KeyOutcome, OfferStore, Replaced, StaleEvents, StoreError, Written,
+    KeyHold, KeyOutcome, OfferStore, Replaced, StaleEvents, StoreError, WorkReads, WorkStore,
+    Written,
 };
 use crate::tracking::{Open, OpenTracker, Recorded, apply_open};
 use futures::StreamExt;
@@ -298,15 +299,31 @@ impl DynamoStore {
         keys: Vec<Item>,
         consistent: bool,
     ) -> Result<Vec<Item>, StoreError> {
+        self.batch_get_projected(op, keys, consistent, &[]).await
+    }
+
+    /// The same, of the chosen attributes only (none chosen: whole items).
+    async fn batch_get_projected(
+        &self,
+        op: &'static str,
+        keys: Vec<Item>,
+        consistent: bool,
+        attributes: &[&str],
+    ) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET_MAX) {
-            let mut pending = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(chunk.to_vec()))
-                    .consistent_read(consistent)
-                    .build()
-                    .map_err(unavailable(op))?,
-            );
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(chunk.to_vec()))
+                .consistent_read(consistent);
+            if !attributes.is_empty() {
+                let mut names = Vec::with_capacity(attributes.len());
+                for (i, a) in attributes.iter().enumerate() {
+                    names.push(format!("#a{i}"));
+                    request = request.expression_attribute_names(format!("#a{i}"), *a);
+                }
+                request = request.projection_expression(names.join(", "));
+            }
+            let mut pending = Some(request.build().map_err(unavailable(op))?);
             let mut attempt = 0;
             while let Some(request) = pending.take() {
                 if attempt == BATCH_ATTEMPTS {

@@ -17,21 +17,7 @@ impl OfferStore for DynamoStore {
     ) -> Result<Option<Offer>, StoreError> {
         const OP: &str = "read offer details";
         let item = self
-            .get_projected(
-                OP,
-                org_pk(org),
-                offer_sk(offer),
-                false,
-                &[
-                    "id",
-                    "organizationID",
-                    "name",
-                    "status",
-                    "partner",
-                    "info",
-                    "expireTime",
-                ],
-            )
+            .get_projected(OP, org_pk(org), offer_sk(offer), false, OFFER_DETAILS)
             .await?;
         item.map(|i| serde_dynamo::from_item(i).map_err(malformed(OP)))
             .transpose()
@@ -113,24 +99,116 @@ impl ContactStore for DynamoStore {
             .collect();
         let mut out = Contacts::default();
         for item in self.batch_get(OP, keys, false).await? {
-            // The ID from the key, not from the item: the key is ours.
-            let id = match item.get("sk") {
-                Some(AttributeValue::S(sk)) => sk.strip_prefix("CONTACT#").map(str::to_owned),
-                _ => None,
+            add_contact(&mut out, item, OP);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one contact item into `out`; one that does not read as a contact
+/// (another writer's data) is named unreadable: that recipient fails, the
+/// others go out. Only the contact ID and the expected shape are logged.
+fn add_contact(out: &mut Contacts, item: Item, op: &'static str) {
+    // The ID from the key, not from the item: the key is ours.
+    let id = match item.get("sk") {
+        Some(AttributeValue::S(sk)) => sk.strip_prefix("CONTACT#").map(str::to_owned),
+        _ => None,
+    };
+    match serde_dynamo::from_item::<_, Contact>(item) {
+        Ok(contact) => out.found.push(contact),
+        Err(e) => {
+            tracing::warn!(
+                op,
+                contact_id = id.as_deref().unwrap_or("-"),
+                problem = %shape_error(&e),
+                "contact record unreadable"
+            );
+            out.unreadable.extend(id);
+        }
+    }
+}
+
+/// The offer's attributes a notification reads (not its contact list).
+const OFFER_DETAILS: &[&str] = &[
+    "id",
+    "organizationID",
+    "name",
+    "status",
+    "partner",
+    "info",
+    "expireTime",
+];
+
+/// A worker's reads in two BatchGetItem calls side by side: the event's head
+/// and the offer's details (projected, so neither's recipient list is read),
+/// and the settings, the ledger entries and the contacts (whole items). Both
+/// are strongly consistent: the ledger must be, and the rest are small.
+impl WorkStore for DynamoStore {
+    async fn work_reads(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        whole: bool,
+        offer: &OfferId,
+        keys: &[String],
+        ids: &[ContactId],
+    ) -> Result<WorkReads, StoreError> {
+        const OP: &str = "read a work message's state";
+        let pk = org_pk(org);
+        let (event_key, offer_key) = (event_sk(event_id), offer_sk(offer));
+        let mut heads = vec![key(pk.clone(), offer_key.clone())];
+        if !whole {
+            heads.push(key(pk.clone(), event_key.clone()));
+        }
+        let mut rest = vec![key(pk.clone(), SETTINGS_SK.to_owned())];
+        rest.extend(
+            keys.iter()
+                .map(|k| key(pk.clone(), format!("DELIVERY#{event_id}#{k}"))),
+        );
+        rest.extend(
+            ids.iter()
+                .map(|id| key(pk.clone(), contact_sk(id.as_str()))),
+        );
+        let projection: Vec<&str> = super::events::EVENT_WITHOUT_LISTS
+            .iter()
+            .chain(OFFER_DETAILS)
+            .chain(&["sk"])
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let whole_event = async {
+            if whole {
+                self.event(org, event_id, true).await
+            } else {
+                Ok(None)
+            }
+        };
+        let (heads, rest, whole_event) = futures::try_join!(
+            self.batch_get_projected(OP, heads, true, &projection),
+            self.batch_get(OP, rest, true),
+            whole_event
+        )?;
+        let mut out = WorkReads {
+            event: whole_event,
+            ..WorkReads::default()
+        };
+        for mut item in heads.into_iter().chain(rest) {
+            let Some(AttributeValue::S(sk)) = item.remove("sk") else {
+                continue;
             };
-            match serde_dynamo::from_item::<_, Contact>(item) {
-                Ok(contact) => out.found.push(contact),
-                Err(e) => {
-                    // Another writer's data: that recipient fails, the others go
-                    // out. Only the contact ID and the expected shape are logged.
-                    tracing::warn!(
-                        op = OP,
-                        contact_id = id.as_deref().unwrap_or("-"),
-                        problem = %shape_error(&e),
-                        "contact record unreadable"
-                    );
-                    out.unreadable.extend(id);
-                }
+            if sk == offer_key {
+                out.offer = Some(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+            } else if sk == event_key {
+                out.event = Some(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+            } else if sk == SETTINGS_SK {
+                out.settings = serde_dynamo::from_item(item).map_err(malformed(OP))?;
+            } else if sk.starts_with("DELIVERY#") {
+                out.ledger
+                    .push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+            } else if sk.starts_with("CONTACT#") {
+                item.insert("sk".into(), AttributeValue::S(sk));
+                add_contact(&mut out.contacts, item, OP);
             }
         }
         Ok(out)
