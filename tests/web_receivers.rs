@@ -401,12 +401,15 @@ async fn a_slow_target_times_out_as_an_unknown_outcome() {
 #[tokio::test]
 async fn no_target_secret_or_address_reaches_the_logs_at_trace() {
     let logs = common::LogSink::default();
+    use tracing_subscriber::layer::SubscriberExt;
     let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(notify_offer_contacts::telemetry::filter("trace"))
-            .with_writer(logs.clone())
-            .finish(),
+        tracing_subscriber::registry()
+            .with(notify_offer_contacts::telemetry::filter("trace"))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(logs.clone()),
+            ),
     );
     let (env, t) = chat_env().await;
     t.slack.then(Answer::status(404, "channel_not_found"));
