@@ -48,9 +48,7 @@ pub fn app(sdk: &SdkConfig, config: &Config) -> App {
             web: std::sync::Arc::new(channels::WebTargets::new(
                 std::sync::Arc::new(outbound::HttpsPoster::from_env(allowance.clone())),
                 std::sync::Arc::new(channels::web::CachedSecrets::new(
-                    std::sync::Arc::new(aws::secrets::SecretsManager::new(
-                        aws_sdk_secretsmanager::Client::new(sdk),
-                    )),
+                    std::sync::Arc::new(aws::secrets::SecretsManager::new(sdk)),
                     std::time::Duration::from_secs(300),
                     1000,
                 )),

@@ -22,8 +22,27 @@ use crate::ports::SendError;
 /// environment, `AWS_ENDPOINT_URL` honoured (local stand-ins), standard
 /// retries (throttling and 5xx, exponential backoff with jitter) set
 /// explicitly, and timeouts well inside API Gateway's 29 s.
+///
+/// In Lambda the region and the credentials are environment variables:
+/// naming them skips building the default chains (profile files, IMDS, ECS,
+/// web identity), most of the SDK's share of a cold start. Where they are not
+/// set, the default chains apply as before (environment first in both).
 pub async fn sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = std::env::var("AWS_REGION")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+    {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|k| !k.is_empty())
+        && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some_and(|k| !k.is_empty())
+    {
+        loader = loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        );
+    }
+    loader
         .http_client(http::WebPkiClient::from_env().shared())
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(
