@@ -405,6 +405,7 @@ async fn no_target_secret_or_address_reaches_the_logs_at_trace() {
     let _guard = tracing::subscriber::set_default(
         tracing_subscriber::registry()
             .with(notify_offer_contacts::telemetry::filter("trace"))
+            .with(notify_offer_contacts::telemetry::caps())
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
