@@ -113,6 +113,8 @@ struct Ids {
     org: OrgId,
     offer: OfferId,
     event_id: String,
+    /// The contacts its deliveries name, each once.
+    contacts: Vec<ContactId>,
 }
 
 fn ids(batch: &WorkBatch) -> Result<Ids, WorkError> {
@@ -124,15 +126,28 @@ fn ids(batch: &WorkBatch) -> Result<Ids, WorkError> {
     if IdempotencyKey::parse(&batch.batch_id).is_err() {
         return Err(bad("batchId"));
     }
+    let mut contacts = Vec::new();
+    let (mut seen, mut seen_contacts) = (HashSet::new(), HashSet::new());
     for item in &batch.deliveries {
         if let Some(c) = &item.contact_id {
-            ContactId::parse(c).map_err(|_| bad("a delivery's contactId"))?;
+            let id = ContactId::parse(c).map_err(|_| bad("a delivery's contactId"))?;
+            if seen_contacts.insert(c.as_str()) {
+                contacts.push(id);
+            }
+        }
+        // The hand-off names each delivery once; a repeat is not its message
+        // (and DynamoDB refuses a read that names a key twice).
+        if !seen.insert(item.key()) {
+            return Err(WorkError::Malformed(
+                "it names the same delivery twice".into(),
+            ));
         }
     }
     Ok(Ids {
         org,
         offer,
         event_id: batch.event_id.clone(),
+        contacts,
     })
 }
 
@@ -149,6 +164,7 @@ where
             org,
             offer: offer_id,
             event_id,
+            contacts: contact_ids,
         } = ids(batch)?;
         if let Some(n) = attempt_of(&batch.batch_id)
             && let [item] = batch.deliveries.as_slice()
@@ -177,19 +193,6 @@ where
         // message names (those already settled are read for nothing, rarely).
         let whole = batch.deliveries.iter().any(|i| i.contact_id.is_none());
         let keys: Vec<String> = batch.deliveries.iter().map(|i| i.key()).collect();
-        let mut contact_ids: Vec<crate::model::ContactId> = Vec::new();
-        for c in batch
-            .deliveries
-            .iter()
-            .filter_map(|i| i.contact_id.as_deref())
-        {
-            let id = ContactId::parse(c).map_err(|_| {
-                WorkError::Malformed("a delivery's contactId is not a valid ID".into())
-            })?;
-            if !contact_ids.contains(&id) {
-                contact_ids.push(id);
-            }
-        }
         let WorkReads {
             event,
             offer,

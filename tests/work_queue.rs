@@ -448,6 +448,14 @@ async fn a_message_can_only_send_what_the_request_queued() {
         matches!(refused, Err(WorkError::Malformed(_))),
         "{refused:?}"
     );
+    // One that names its own deliveries twice is refused whole as well.
+    let mut doubled = genuine.clone();
+    doubled.deliveries.push(genuine.deliveries[0].clone());
+    let refused = r.n.work(doubled, 5, None).await;
+    assert!(
+        matches!(&refused, Err(WorkError::Malformed(why)) if why.contains("twice")),
+        "{refused:?}"
+    );
     assert!(r.provider.emails().is_empty() && r.provider.sms().is_empty());
     assert_eq!(count(&r.store.deliveries(&id), DeliveryStatus::Queued), 4);
     assert_eq!(r.store.open_batch_ids(&id).map(|b| b.len()), Some(1));

@@ -129,7 +129,8 @@ impl DynamoStore {
             .collect::<std::collections::HashSet<_>>()
             .len();
         if distinct < deliveries.len() {
-            // A transaction may not name an item twice: one write each, in order.
+            // A transaction may not name an item twice: one conditional write
+            // each (10 in flight), so at most one of the repeats lands.
             return self
                 .replace_queued_one_by_one(org, event_id, batch, deliveries)
                 .await;
@@ -137,37 +138,47 @@ impl DynamoStore {
         let mut written = Vec::with_capacity(deliveries.len());
         let mut failure = None;
         for chunk in deliveries.chunks(TRANSACT_MAX) {
-            match self.take_all_or_none(org, event_id, batch, chunk).await {
-                Ok(w) => written.extend(w),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    written.extend(std::iter::repeat_n(Written::Failed, chunk.len()));
-                }
+            let (w, e) = self.take_all_or_none(org, event_id, batch, chunk).await;
+            written.extend(w);
+            if let Some(e) = e {
+                failure.get_or_insert(e);
             }
         }
         Replaced { written, failure }
     }
 
     /// One chunk's conditional puts as transactions: what is still QUEUED in
-    /// `batch` is written; an entry whose condition failed is `NotQueued`.
+    /// `batch` is written; an entry whose condition failed is `NotQueued`; one
+    /// the store refused, or whose fate is unknown, is `Failed`, with why.
     async fn take_all_or_none(
         &self,
         org: &OrgId,
         event_id: &str,
         batch: &str,
         chunk: &[Delivery],
-    ) -> Result<Vec<Written>, StoreError> {
+    ) -> (Vec<Written>, Option<StoreError>) {
         const OP: &str = "take queued deliveries";
         let mut out = vec![Written::NotQueued; chunk.len()];
         let mut pending: Vec<usize> = (0..chunk.len()).collect();
+        let mut failure = None;
         let mut attempt = 0;
+        let fail_all = |out: &mut Vec<Written>, pending: &[usize]| {
+            for &i in pending {
+                out[i] = Written::Failed;
+            }
+        };
         while !pending.is_empty() {
             if attempt == BATCH_ATTEMPTS {
-                return Err(StoreError::Incomplete {
-                    op: OP,
-                    left: pending.len(),
-                    attempts: attempt,
-                });
+                fail_all(&mut out, &pending);
+                let left = pending.len();
+                return (
+                    out,
+                    Some(StoreError::Incomplete {
+                        op: OP,
+                        left,
+                        attempts: attempt,
+                    }),
+                );
             }
             attempt += 1;
             let puts = pending
@@ -190,7 +201,14 @@ impl DynamoStore {
                         .map_err(unavailable(OP))?;
                     Ok(TransactWriteItem::builder().put(put).build())
                 })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+                .collect::<Result<Vec<_>, StoreError>>();
+            let puts = match puts {
+                Ok(p) => p,
+                Err(e) => {
+                    fail_all(&mut out, &pending);
+                    return (out, Some(e));
+                }
+            };
             // The SDK sets one ClientRequestToken per call and keeps it across
             // its retries, so a retried call whose first answer was lost is
             // answered as the first, not refused by its own writes.
@@ -205,7 +223,7 @@ impl DynamoStore {
                     for &i in &pending {
                         out[i] = Written::Yes;
                     }
-                    return Ok(out);
+                    return (out, failure);
                 }
                 Err(e) => match e.as_service_error() {
                     Some(TransactWriteItemsError::TransactionCanceledException(c))
@@ -213,23 +231,45 @@ impl DynamoStore {
                     {
                         c.cancellation_reasons().to_vec()
                     }
-                    _ => return Err(unavailable(OP)(e)),
+                    _ => {
+                        fail_all(&mut out, &pending);
+                        return (out, Some(unavailable(OP)(e)));
+                    }
                 },
             };
             let before = pending.len();
-            pending = pending
-                .into_iter()
-                .zip(reasons)
-                .filter(|(_, r)| r.code() != Some("ConditionalCheckFailed"))
-                .map(|(i, _)| i)
-                .collect();
-            // Only cancelled alongside others: again at once. A conflict with
-            // another write, or a throttle: again after a pause.
+            let mut retry = Vec::with_capacity(pending.len());
+            for (i, r) in pending.into_iter().zip(reasons) {
+                match r.code() {
+                    Some("ConditionalCheckFailed") => out[i] = Written::NotQueued,
+                    // Only cancelled alongside others, or a passing conflict,
+                    // throttle or capacity refusal: again.
+                    None
+                    | Some(
+                        "None"
+                        | "TransactionConflict"
+                        | "ThrottlingError"
+                        | "ProvisionedThroughputExceeded"
+                        | "RequestLimitExceeded",
+                    ) => retry.push(i),
+                    // A refusal that will not clear (validation, size): that
+                    // entry fails, the others go on.
+                    Some(code) => {
+                        out[i] = Written::Failed;
+                        failure.get_or_insert(StoreError::Unavailable {
+                            op: OP,
+                            source: format!("DynamoDB refused a take: {code}").into(),
+                        });
+                    }
+                }
+            }
+            pending = retry;
+            // Nothing settled this round: a pause before the next.
             if pending.len() == before {
                 backoff(attempt).await;
             }
         }
-        Ok(out)
+        (out, failure)
     }
 
     /// The same, one conditional PutItem each (10 in flight).
