@@ -56,10 +56,10 @@ impl Intercept for CallCounter {
     }
 }
 
-#[tokio::test]
-async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
-    let env = TestEnv::new().await;
-    let n = 250;
+/// Offer `big` of org-bulk with `n` contacts by EMAIL, seeded in moto; the
+/// notifier as the Lambda wires it (16 in flight, rates unlimited, no queue),
+/// its DynamoDB calls counted.
+async fn bulk_offer(env: &TestEnv, n: usize) -> (Notifier<DynamoStore>, CallCounter) {
     let ids: Vec<String> = (0..n).map(|i| format!("bulk-{i}")).collect();
     let mut items = vec![
         json!({"pk": "ORG#org-bulk", "sk": "OFFER#big", "id": "big", "organizationID": "org-bulk",
@@ -93,6 +93,14 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
         policy: Default::default(),
         queue: None,
     };
+    (app, counter)
+}
+
+#[tokio::test]
+async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
+    let env = TestEnv::new().await;
+    let n = 250;
+    let (app, counter) = bulk_offer(&env, n).await;
     let started = std::time::Instant::now();
     let event = app
         .notify(NotifyCommand::new(
@@ -280,40 +288,9 @@ async fn handed_off_100(
     Vec<notify_offer_contacts::ports::WorkBatch>,
 ) {
     let n = 100;
-    let ids: Vec<String> = (0..n).map(|i| format!("bulk-{i}")).collect();
-    let mut items = vec![
-        json!({"pk": "ORG#org-bulk", "sk": "OFFER#big", "id": "big", "organizationID": "org-bulk",
-        "name": "Bulk offer", "status": "PENDING_ACCEPTANCE", "partner": "AWS", "contactIds": ids}),
-    ];
-    items.extend(ids.iter().map(|id| json!({"pk": "ORG#org-bulk", "sk": format!("CONTACT#{id}"), "id": id,
-        "organizationID": "org-bulk", "name": id, "emailAddress": format!("{id}@buyer.example.com")})));
-    common::seed(&env.sdk, &env.table, &json!({"items": items})).await;
-
-    let counter = CallCounter::default();
-    let dynamo = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&env.sdk)
-            .interceptor(counter.clone())
-            .build(),
-    );
-    let sns = SnsPublisher::new(aws_sdk_sns::Client::new(&env.sdk));
+    let (mut app, counter) = bulk_offer(env, n).await;
     let queue = std::sync::Arc::new(notify_offer_contacts::memory::MemoryQueue::default());
-    let mut app = Notifier {
-        store: DynamoStore::new(dynamo, env.table.clone()),
-        channels: notify_offer_contacts::channels::Providers {
-            mailer: std::sync::Arc::new(SesMailer::new(
-                aws_sdk_sesv2::Client::new(&env.sdk),
-                notify_offer_contacts::model::EmailAddress::parse(SENDER).unwrap(),
-                None,
-            )),
-            sms: std::sync::Arc::new(sns.clone()),
-            topics: std::sync::Arc::new(sns),
-            web: std::sync::Arc::new(notify_offer_contacts::channels::WebTargets::unconfigured()),
-        },
-        concurrency: 16,
-        rates: Default::default(),
-        policy: Default::default(),
-        queue: Some(queue.clone() as std::sync::Arc<dyn notify_offer_contacts::ports::WorkQueue>),
-    };
+    app.queue = Some(queue.clone() as std::sync::Arc<dyn notify_offer_contacts::ports::WorkQueue>);
     app.policy.hand_off.max_sync_recipients = 10;
     app.notify(NotifyCommand::new(
         OrgId::parse("org-bulk").unwrap(),

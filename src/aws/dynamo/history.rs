@@ -114,17 +114,14 @@ impl EventReader for DynamoStore {
         let mut found: Vec<NotificationEvent> = Vec::new();
         let mut start: Option<Item> = None;
         for page_no in 0..MAX_PAGES {
-            let mut query = self
+            let (expression, names) =
+                super::projection(EVENT_WITHOUT_LISTS.iter().copied().chain(["sk"]));
+            let page = self
                 .scope_query(&scope, start.take())
                 .scan_index_forward(false)
-                .limit((want - found.len()).min(i32::MAX as usize) as i32);
-            let mut names = Vec::with_capacity(EVENT_WITHOUT_LISTS.len() + 1);
-            for (i, a) in EVENT_WITHOUT_LISTS.iter().chain(["sk"].iter()).enumerate() {
-                names.push(format!("#a{i}"));
-                query = query.expression_attribute_names(format!("#a{i}"), *a);
-            }
-            let page = query
-                .projection_expression(names.join(", "))
+                .limit((want - found.len()).min(i32::MAX as usize) as i32)
+                .projection_expression(expression)
+                .set_expression_attribute_names(Some(names))
                 .send()
                 .await
                 .map_err(unavailable(OP))?;

@@ -174,12 +174,10 @@ impl DynamoStore {
             .set_key(Some(key(pk, sk)))
             .consistent_read(consistent);
         if !attributes.is_empty() {
-            let mut names = Vec::with_capacity(attributes.len());
-            for (i, a) in attributes.iter().enumerate() {
-                names.push(format!("#a{i}"));
-                get = get.expression_attribute_names(format!("#a{i}"), *a);
-            }
-            get = get.projection_expression(names.join(", "));
+            let (expression, names) = projection(attributes.iter().copied());
+            get = get
+                .projection_expression(expression)
+                .set_expression_attribute_names(Some(names));
         }
         let out = get.send().await.map_err(unavailable(op))?;
         Ok(out.item)
@@ -316,12 +314,10 @@ impl DynamoStore {
                 .set_keys(Some(chunk.to_vec()))
                 .consistent_read(consistent);
             if !attributes.is_empty() {
-                let mut names = Vec::with_capacity(attributes.len());
-                for (i, a) in attributes.iter().enumerate() {
-                    names.push(format!("#a{i}"));
-                    request = request.expression_attribute_names(format!("#a{i}"), *a);
-                }
-                request = request.projection_expression(names.join(", "));
+                let (expression, names) = projection(attributes.iter().copied());
+                request = request
+                    .projection_expression(expression)
+                    .set_expression_attribute_names(Some(names));
             }
             let mut pending = Some(request.build().map_err(unavailable(op))?);
             let mut attempt = 0;
@@ -358,6 +354,24 @@ impl DynamoStore {
         }
         Ok(found)
     }
+}
+
+/// A projection of `attributes`: the expression (`#a0, #a1, ...`) and the
+/// names it stands for (any attribute name is safe this way, reserved words
+/// included).
+fn projection<'a>(
+    attributes: impl IntoIterator<Item = &'a str>,
+) -> (String, HashMap<String, String>) {
+    let names: HashMap<String, String> = attributes
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (format!("#a{i}"), a.to_owned()))
+        .collect();
+    let expression = (0..names.len())
+        .map(|i| format!("#a{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (expression, names)
 }
 
 pub fn idempotency_sk(key: &IdempotencyKey) -> String {
