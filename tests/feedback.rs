@@ -12,6 +12,20 @@ use serde_json::{Value, json};
 
 /// The sample `name`, aimed at one delivery (its org, event, contact and SES
 /// message ID), carried by SNS message `sns_id`.
+/// One report of a sequence: what it is, the SES sample, the org, event and
+/// contact its tags name, its SES and SNS message IDs, and the count of the
+/// answer that must read 1.
+type Step<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+);
+
 fn report(name: &str, org: &str, event: &str, contact: &str, ses_id: &str, sns_id: &str) -> Value {
     let mut e = common::read_json(format!("events/{name}.json"));
     let mut ses: Value =
@@ -26,12 +40,17 @@ fn report(name: &str, org: &str, event: &str, contact: &str, ses_id: &str, sns_i
 }
 
 /// The SES message ID the ledger holds for a contact's email.
-async fn ses_id(env: &TestEnv, org: &str, event: &str, contact: &str) -> String {
-    env.items(org, &format!("DELIVERY#{event}#EMAIL#{contact}"))
+/// The provider's message ID of a contact's delivery by `channel`, from the ledger.
+async fn message_id(env: &TestEnv, org: &str, event: &str, channel: &str, contact: &str) -> String {
+    env.items(org, &format!("DELIVERY#{event}#{channel}#{contact}"))
         .await
         .first()
         .and_then(|d| d["messageId"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| panic!("{contact}'s email in the ledger"))
+        .unwrap_or_else(|| panic!("{contact}'s {channel} delivery in the ledger"))
+}
+
+async fn ses_id(env: &TestEnv, org: &str, event: &str, contact: &str) -> String {
+    message_id(env, org, event, "EMAIL", contact).await
 }
 
 /// `status` of each message of the event, read through the GET route.
@@ -70,140 +89,120 @@ fn status_of(all: &[(String, String, Value)], contact: &str) -> String {
 
 #[tokio::test]
 async fn bounced_complained_suppressed_and_delivered_recipients_each_end_in_their_own_status() {
-    let env = TestEnv::new().await;
-    common::seed(
-        &env.sdk,
-        &env.table,
-        &common::read_json("tests/fixtures/brand-org.json"),
-    )
-    .await;
-    let demo = env
-        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo"}))
-        .await
-        .unwrap()["eventID"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let brand = env
-        .invoke(json!({"orgId": "org-brand", "offerId": "offer-brand"}))
-        .await
-        .unwrap()["eventID"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let env = TestEnv::with_brand_org().await;
+    let demo = env.notified("org-demo", "offer-demo").await;
+    let brand = env.notified("org-brand", "offer-brand").await;
     let ann = ses_id(&env, "org-demo", &demo, "c-ann").await;
     let bob = ses_id(&env, "org-demo", &demo, "c-bob").await;
     let eve = ses_id(&env, "org-brand", &brand, "c-eve").await;
     let fay = ses_id(&env, "org-brand", &brand, "c-fay").await;
 
-    let send = |name: &'static str,
-                org: &'static str,
-                event: String,
-                contact: &'static str,
-                id: String,
-                sns: &'static str| {
-        let env = &env;
-        async move {
-            env.invoke(report(name, org, &event, contact, &id, sns))
-                .await
-                .unwrap()
+    // Each report in turn: what it is, the SES sample, the org, event and
+    // contact its tags name, its SES and SNS message IDs, and the count of the
+    // answer that must read 1 (`None`: the answer's success is enough).
+    let someone_elses = String::from("someone-elses");
+    let steps: [Step; 9] = [
+        (
+            "Ann: a hard bounce",
+            "sns-ses-bounce",
+            "org-demo",
+            &demo,
+            "c-ann",
+            &ann,
+            "s1",
+            Some("feedbackApplied"),
+        ),
+        (
+            "Ann: a late delivery never replaces a bounce",
+            "sns-ses-delivery",
+            "org-demo",
+            &demo,
+            "c-ann",
+            &ann,
+            "s2",
+            Some("duplicates"),
+        ),
+        (
+            "Bob: delivered",
+            "sns-ses-delivery",
+            "org-demo",
+            &demo,
+            "c-bob",
+            &bob,
+            "s3",
+            None,
+        ),
+        (
+            "Bob: then a complaint",
+            "sns-ses-complaint",
+            "org-demo",
+            &demo,
+            "c-bob",
+            &bob,
+            "s4",
+            None,
+        ),
+        (
+            "Bob: the complaint redelivered",
+            "sns-ses-complaint",
+            "org-demo",
+            &demo,
+            "c-bob",
+            &bob,
+            "s4",
+            Some("duplicates"),
+        ),
+        (
+            "Eve: on the account's suppression list",
+            "sns-ses-bounce-suppressed",
+            "org-brand",
+            &brand,
+            "c-eve",
+            &eve,
+            "s5",
+            None,
+        ),
+        (
+            "Fay: delivered",
+            "sns-ses-delivery",
+            "org-brand",
+            &brand,
+            "c-fay",
+            &fay,
+            "s6",
+            None,
+        ),
+        // Reports that are not about our message change nothing.
+        (
+            "another organisation's tag on org-demo's event",
+            "sns-ses-bounce",
+            "org-other",
+            &demo,
+            "c-bob",
+            &bob,
+            "s7",
+            Some("dropped"),
+        ),
+        (
+            "another SES message ID",
+            "sns-ses-bounce",
+            "org-brand",
+            &brand,
+            "c-fay",
+            &someone_elses,
+            "s8",
+            Some("dropped"),
+        ),
+    ];
+    for (what, name, org, event, contact, id, sns, counted) in steps {
+        let out = env
+            .invoke(report(name, org, event, contact, id, sns))
+            .await
+            .unwrap();
+        if let Some(count) = counted {
+            assert_eq!(out[count], 1, "{what}: {out}");
         }
-    };
-    // Ann: a hard bounce; then a late Delivery, which changes nothing.
-    let out = send(
-        "sns-ses-bounce",
-        "org-demo",
-        demo.clone(),
-        "c-ann",
-        ann.clone(),
-        "s1",
-    )
-    .await;
-    assert_eq!(out["feedbackApplied"], 1, "{out}");
-    let out = send(
-        "sns-ses-delivery",
-        "org-demo",
-        demo.clone(),
-        "c-ann",
-        ann.clone(),
-        "s2",
-    )
-    .await;
-    assert_eq!(
-        out["duplicates"], 1,
-        "a late delivery never replaces a bounce: {out}"
-    );
-    // Bob: delivered, then a complaint; the complaint redelivered.
-    send(
-        "sns-ses-delivery",
-        "org-demo",
-        demo.clone(),
-        "c-bob",
-        bob.clone(),
-        "s3",
-    )
-    .await;
-    send(
-        "sns-ses-complaint",
-        "org-demo",
-        demo.clone(),
-        "c-bob",
-        bob.clone(),
-        "s4",
-    )
-    .await;
-    let out = send(
-        "sns-ses-complaint",
-        "org-demo",
-        demo.clone(),
-        "c-bob",
-        bob.clone(),
-        "s4",
-    )
-    .await;
-    assert_eq!(out["duplicates"], 1, "{out}");
-    // Eve: on the account's suppression list. Fay: delivered.
-    send(
-        "sns-ses-bounce-suppressed",
-        "org-brand",
-        brand.clone(),
-        "c-eve",
-        eve.clone(),
-        "s5",
-    )
-    .await;
-    send(
-        "sns-ses-delivery",
-        "org-brand",
-        brand.clone(),
-        "c-fay",
-        fay.clone(),
-        "s6",
-    )
-    .await;
-
-    // Reports that are not about our message change nothing: another
-    // organisation's tag on org-demo's event, another SES message ID.
-    let out = send(
-        "sns-ses-bounce",
-        "org-other",
-        demo.clone(),
-        "c-bob",
-        bob.clone(),
-        "s7",
-    )
-    .await;
-    assert_eq!(out["dropped"], 1, "{out}");
-    let out = send(
-        "sns-ses-bounce",
-        "org-brand",
-        brand.clone(),
-        "c-fay",
-        "someone-elses".into(),
-        "s8",
-    )
-    .await;
-    assert_eq!(out["dropped"], 1, "{out}");
+    }
 
     let demo_now = statuses(&env, "org-demo", &demo).await;
     let brand_now = statuses(&env, "org-brand", &brand).await;
@@ -260,23 +259,13 @@ fn sms_line(message_id: &str, status: &str, answer: &str, number: &str) -> Value
 }
 
 async fn sms_id(env: &TestEnv, event: &str, contact: &str) -> String {
-    env.items("org-demo", &format!("DELIVERY#{event}#SMS#{contact}"))
-        .await
-        .first()
-        .and_then(|d| d["messageId"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| panic!("{contact}'s SMS in the ledger"))
+    message_id(env, "org-demo", event, "SMS", contact).await
 }
 
 #[tokio::test]
 async fn sms_delivery_logs_end_in_delivered_and_opted_out_and_never_hold_the_number() {
     let env = TestEnv::new().await;
-    let event = env
-        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo"}))
-        .await
-        .unwrap()["eventID"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let event = env.notified("org-demo", "offer-demo").await;
     let (ann, cat) = (
         sms_id(&env, &event, "c-ann").await,
         sms_id(&env, &event, "c-cat").await,
@@ -405,13 +394,7 @@ fn every_ses_sample_in_events_reads_as_its_step() {
 async fn a_report_for_a_pending_event_is_retried_and_a_loss_is_counted_once() {
     use aws_sdk_dynamodb::types::AttributeValue;
     let env = TestEnv::new().await;
-    let event = env
-        .invoke(json!({"orgId": "org-demo", "offerId": "offer-demo"}))
-        .await
-        .unwrap()["eventID"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let event = env.notified("org-demo", "offer-demo").await;
     let ann = ses_id(&env, "org-demo", &event, "c-ann").await;
     let set_status = |s: &'static str| {
         let env = &env;

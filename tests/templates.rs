@@ -21,20 +21,9 @@ fn deliveries(answer: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-async fn brand_env() -> TestEnv {
-    let env = TestEnv::new().await;
-    common::seed(
-        &env.sdk,
-        &env.table,
-        &common::read_json("tests/fixtures/brand-org.json"),
-    )
-    .await;
-    env
-}
-
 #[tokio::test]
 async fn an_orgs_own_email_and_sms_reach_ses_and_sns_beside_the_built_in_ones() {
-    let env = brand_env().await;
+    let env = TestEnv::with_brand_org().await;
     let answer = env
         .invoke_file("direct-notify-brand.json")
         .await
@@ -113,7 +102,7 @@ async fn an_orgs_own_email_and_sms_reach_ses_and_sns_beside_the_built_in_ones() 
 
 #[tokio::test]
 async fn a_dry_run_shows_the_orgs_own_words_and_sends_nothing() {
-    let env = brand_env().await;
+    let env = TestEnv::with_brand_org().await;
     let answer = env.http("http-api-dry-run-brand.json").await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     println!("{:#}", answer.body);
@@ -150,7 +139,7 @@ async fn a_dry_run_shows_the_orgs_own_words_and_sends_nothing() {
 
 #[tokio::test]
 async fn custom_fields_are_checked_like_every_input() {
-    let env = brand_env().await;
+    let env = TestEnv::with_brand_org().await;
     for (fields, says) in [
         (
             json!({"a": {"nested": 1}}),

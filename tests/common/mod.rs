@@ -217,6 +217,32 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// The demo organisations, and org-brand with its own templates
+    /// (`tests/fixtures/brand-org.json`).
+    pub async fn with_brand_org() -> Self {
+        let env = Self::new().await;
+        seed(
+            &env.sdk,
+            &env.table,
+            &read_json("tests/fixtures/brand-org.json"),
+        )
+        .await;
+        env
+    }
+
+    /// Notifies every contact of `offer` through a direct invocation; the
+    /// stored event's ID.
+    pub async fn notified(&self, org: &str, offer: &str) -> String {
+        let event = self
+            .invoke(serde_json::json!({"orgId": org, "offerId": offer}))
+            .await
+            .unwrap_or_else(|e| panic!("{org}/{offer} not notified: {e:?}"));
+        event["eventID"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{event}"))
+            .to_owned()
+    }
+
     pub async fn new() -> Self {
         Self::with(|_| {}).await
     }
