@@ -55,6 +55,38 @@ async fn main() {
         app.store.create_event(&probe).await.expect("put");
         let io_ms = t.elapsed().as_secs_f64() * 1000.0;
 
+        // What the store alone takes to absorb one outcome per send (the
+        // per-recipient records every notification leaves), as the engine
+        // writes them: 25 a call.
+        let outcomes: Vec<_> = ids
+            .iter()
+            .flat_map(|c| {
+                [
+                    notify_offer_contacts::model::NotificationChannel::Email,
+                    notify_offer_contacts::model::NotificationChannel::Sms,
+                ]
+                .map(|ch| {
+                    let mut d = notify_offer_contacts::model::Delivery::new(
+                        ch,
+                        Some(c.to_string()),
+                        notify_offer_contacts::model::DeliveryStatus::Sent,
+                    );
+                    d.message_id = Some(format!("{}-{}", uuid::Uuid::now_v7(), c));
+                    d
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        let probe_id = probe.event_id.clone().unwrap_or_default();
+        futures::future::try_join_all(
+            outcomes
+                .chunks(25)
+                .map(|c| app.store.save_deliveries(&org, &probe_id, c)),
+        )
+        .await
+        .expect("outcomes");
+        let outcomes_ms = t.elapsed().as_secs_f64() * 1000.0;
+
         let t = Instant::now();
         let event = app
             .notify(NotifyCommand::new(org.clone(), offer.clone()))
@@ -65,7 +97,7 @@ async fn main() {
         println!(
             "{}",
             serde_json::json!({
-                "ms": ms, "io_ms": io_ms, "concurrency": app.concurrency,
+                "ms": ms, "io_ms": io_ms, "outcomes_ms": outcomes_ms, "concurrency": app.concurrency,
                 "status": event.event_status, "summary": summary,
             })
         );

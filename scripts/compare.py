@@ -72,11 +72,14 @@ for n in sizes:
     sends = p[0][1]
     assert all(sent == sends for _, s, sent in p), "the plain implementation sent everything"
     out = subprocess.run([runner, ORG, f"offer-{n}", str(RUNS)], env=env, capture_output=True, text=True, check=True)
+    # The runner prints one JSON line per run; its log lines (JSON too, at
+    # AWS_LAMBDA_LOG_LEVEL=info or below) share stdout, as in Lambda.
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    runs = [r for r in lines if "io_ms" in r]
     if os.environ.get("COMPARE_LOG"):
         with open(os.environ["COMPARE_LOG"], "a") as log:
             log.write(out.stderr)
-            log.writelines(line + "\n" for line in out.stdout.splitlines() if not line.startswith("{"))
-    runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+            log.writelines(json.dumps(r) + "\n" for r in lines if "io_ms" not in r)
     for r in runs:
         assert r["status"] == "DONE", r
     ms = statistics.median(r["ms"] for r in runs)

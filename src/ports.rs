@@ -349,6 +349,37 @@ pub trait EventStore: Send + Sync {
         event_id: &str,
         keys: &[String],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Announces sends about to start (the synchronous path's intents, each
+    /// `SENDING`), with outcomes gathered so far riding along, in one write.
+    /// Once it succeeds, every intent reads back `SENDING` from
+    /// `event_with_deliveries` until a later entry for its key is saved. The
+    /// default saves them as entries; a store may keep the group as one item.
+    fn announce_sends(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+        riders: &[Delivery],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let all: Vec<Delivery> = intents.iter().chain(riders).cloned().collect();
+            self.save_deliveries(org, event_id, &all).await
+        }
+    }
+    /// Takes back an announcement whose write answered with an error (best
+    /// effort: whatever of it landed must not look like a send). `intents`
+    /// are the ones given to `announce_sends`.
+    fn withdraw_sends(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let keys: Vec<String> = intents.iter().map(Delivery::key).collect();
+            self.forget_deliveries(org, event_id, &keys).await
+        }
+    }
     /// Records the queue messages (work batches) of a handed-off event, unless
     /// they are already recorded.
     fn open_batches(
@@ -536,6 +567,12 @@ macro_rules! delegate {
             }
             fn forget_deliveries(&self, org: &OrgId, event_id: &str, keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).forget_deliveries(org, event_id, keys)
+            }
+            fn announce_sends(&self, org: &OrgId, event_id: &str, intents: &[Delivery], riders: &[Delivery]) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).announce_sends(org, event_id, intents, riders)
+            }
+            fn withdraw_sends(&self, org: &OrgId, event_id: &str, intents: &[Delivery]) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).withdraw_sends(org, event_id, intents)
             }
             fn open_batches(&self, org: &OrgId, event_id: &str, batch_ids: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).open_batches(org, event_id, batch_ids)

@@ -1,8 +1,9 @@
 //! How many DynamoDB calls one notification costs, counted on the wire by an
 //! SDK interceptor against moto: reads 2 + ceil(N/100); the event put twice;
-//! the ledger: exactly two items per delivery (its intent, its outcome), in
-//! batch writes of up to 25 that carry the intents of the sends starting
-//! together and the outcomes gathered meanwhile.
+//! the ledger: one outcome per delivery and one announcement per group of
+//! sends starting together, in batch writes of up to 25 that carry the
+//! announcement and the outcomes gathered meanwhile. Also how announcements
+//! read back through the store.
 
 mod common;
 
@@ -114,14 +115,21 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
 
     let elapsed_ms = started.elapsed().as_millis() as usize;
     let mut calls = counter.0.lock().unwrap().clone();
-    // The ledger: two items per delivery, never more (intent, outcome).
-    assert_eq!(calls.remove(ITEMS), Some(2 * 250));
+    // The ledger: one outcome per delivery, and one announcement per group
+    // of sends starting together (8 to 16 of them with 16 in flight): at
+    // most 1.13 items a delivery, where one intent each made it 2.
+    let items = calls.remove(ITEMS).unwrap_or(0);
+    let (groups_least, groups_most) = (250usize.div_ceil(16), 250usize.div_ceil(16 / 2));
+    assert!(
+        (250 + groups_least..=250 + groups_most).contains(&items),
+        "{items} items written for 250 deliveries"
+    );
     // Sends start in groups of at least half the concurrency (8 of 16), each
     // announced in one write that also carries the outcomes gathered so far;
     // outcomes left over go in every 200 ms or 25 at a time.
     let batch_writes = calls.remove("BatchWriteItem").unwrap_or(0);
     let (least, most) = (
-        2 * 250usize.div_ceil(25),
+        items.div_ceil(25),
         250usize.div_ceil(16 / 2) + elapsed_ms / 200 + 2,
     );
     assert!(
@@ -136,7 +144,24 @@ async fn one_notification_of_250_contacts_costs_5_reads_and_batched_writes() {
         calls, expected,
         "reads 2 + ceil(250/100), and the event put twice"
     );
-    assert_eq!(env.items("org-bulk", "DELIVERY#").await.len(), 250);
+    // Every send announced exactly once, and each has its outcome.
+    let (announcements, entries): (Vec<_>, Vec<_>) = env
+        .items("org-bulk", "DELIVERY#")
+        .await
+        .into_iter()
+        .partition(|i| i["sk"].as_str().unwrap().contains("#~SENDING#"));
+    assert_eq!(entries.len(), 250);
+    assert!(entries.iter().all(|e| e["status"] == "SENT"));
+    assert_eq!(announcements.len(), items - 250);
+    let mut announced: Vec<&str> = announcements
+        .iter()
+        .flat_map(|a| a["keys"].as_array().unwrap())
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    announced.sort_unstable();
+    let before = announced.len();
+    announced.dedup();
+    assert_eq!((before, announced.len()), (250, 250));
 }
 
 /// Puts `items` with BatchWriteItem, 25 at a time.
@@ -445,4 +470,92 @@ async fn a_take_contested_by_another_copy_takes_only_what_is_still_queued() {
         .await
         .unwrap();
     assert!(ledger.iter().all(|d| d.status == DeliveryStatus::Sending));
+}
+
+/// The synchronous path's announcements, on moto: each announced key reads
+/// SENDING (in the event's ledger and through the read API's one-entry read)
+/// until its own entry is written; a withdrawn announcement leaves nothing.
+#[tokio::test]
+async fn an_announcement_reads_sending_until_recorded_and_can_be_withdrawn() {
+    use notify_offer_contacts::model::{
+        Delivery, DeliveryStatus as S, NotificationChannel as C, NotificationEvent,
+    };
+    use notify_offer_contacts::ports::EventStore;
+    use notify_offer_contacts::read::EventReader;
+
+    let env = TestEnv::new().await;
+    let store = DynamoStore::new(env.dynamo(), &env.table);
+    let org = OrgId::parse("org-demo").unwrap();
+    let ev = "01900000-0000-7000-8000-00000000a001";
+    store
+        .create_event(&NotificationEvent {
+            organization_id: Some(org.to_string()),
+            event_id: Some(ev.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = |c: C, who: Option<&str>, st: S| Delivery::new(c, who.map(str::to_owned), st);
+    let status_of = |ledger: &[Delivery]| {
+        let mut s: Vec<(String, S)> = ledger.iter().map(|d| (d.key(), d.status)).collect();
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        s
+    };
+
+    let intents = [
+        d(C::Email, Some("c-ann"), S::Sending),
+        d(C::Email, Some("c-bob"), S::Sending),
+        d(C::Sns, None, S::Sending),
+    ];
+    let rider = d(C::Sms, Some("c-cat"), S::Sent);
+    store
+        .announce_sends(&org, ev, &intents, std::slice::from_ref(&rider))
+        .await
+        .unwrap();
+    // One item for the three intents, one for the rider.
+    assert_eq!(
+        env.items("org-demo", &format!("DELIVERY#{ev}#"))
+            .await
+            .len(),
+        2
+    );
+    store
+        .save_deliveries(&org, ev, &[d(C::Email, Some("c-ann"), S::Sent)])
+        .await
+        .unwrap();
+    let (_, ledger) = store
+        .event_with_deliveries(&org, ev)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status_of(&ledger),
+        [
+            ("EMAIL#c-ann".to_owned(), S::Sent),
+            ("EMAIL#c-bob".to_owned(), S::Sending),
+            ("SMS#c-cat".to_owned(), S::Sent),
+            ("SNS#-".to_owned(), S::Sending),
+        ]
+    );
+    let one = |channel: &'static str, who: &'static str| {
+        let store = store.clone();
+        let org = org.clone();
+        async move { store.delivery(&org, ev, channel, who).await.unwrap() }
+    };
+    assert_eq!(one("EMAIL", "c-bob").await.unwrap().status, S::Sending);
+    assert_eq!(one("EMAIL", "c-ann").await.unwrap().status, S::Sent);
+    assert!(one("EMAIL", "c-dan").await.is_none());
+
+    // A write whose answer was an error is taken back: nothing reads SENDING.
+    let failed = [d(C::Email, Some("c-dan"), S::Sending)];
+    store.announce_sends(&org, ev, &failed, &[]).await.unwrap();
+    assert_eq!(one("EMAIL", "c-dan").await.unwrap().status, S::Sending);
+    store.withdraw_sends(&org, ev, &failed).await.unwrap();
+    assert!(one("EMAIL", "c-dan").await.is_none());
+    let (_, ledger) = store
+        .event_with_deliveries(&org, ev)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ledger.len(), 4, "{ledger:?}");
 }

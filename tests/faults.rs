@@ -88,7 +88,7 @@ async fn stored_truth(env: &TestEnv, answer: &HttpAnswer) {
     let id = answer.body["eventID"].as_str().unwrap();
     let stored = &env.items("org-demo", &format!("EVENT#{id}")).await[0];
     assert_eq!(stored["eventStatus"], answer.body["eventStatus"]);
-    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    let ledger = env.ledger("org-demo", id).await;
     let sent = |channel: &str| {
         ledger
             .iter()
@@ -349,7 +349,7 @@ async fn an_outage_after_sending_then_a_retry_never_sends_twice() {
     assert_eq!(summary["EMAIL"]["unconfirmed"], 2);
     assert_eq!(summary["SMS"]["unconfirmed"], 2);
     let id = retry.body["eventID"].as_str().unwrap();
-    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    let ledger = env.ledger("org-demo", id).await;
     assert!(
         ledger
             .iter()
@@ -400,7 +400,7 @@ async fn the_store_down_right_after_the_first_email_loses_nobody_on_the_wire() {
         "each exactly once"
     );
     let id = retried.body["eventID"].as_str().unwrap();
-    let ledger = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    let ledger = env.ledger("org-demo", id).await;
     let status = |c: &str| {
         ledger
             .iter()

@@ -86,10 +86,7 @@ async fn http_api_notify_all_sends_email_sms_and_topic_then_stores_the_event() {
     );
     assert_eq!(&stored, event);
     let ledger = env
-        .items(
-            "org-demo",
-            &format!("DELIVERY#{}#", event["eventID"].as_str().unwrap()),
-        )
+        .ledger("org-demo", event["eventID"].as_str().unwrap())
         .await;
     assert_eq!(ledger.len(), 7, "3 emails, 3 SMS, 1 topic");
     let skipped: Vec<(&str, &str)> = ledger

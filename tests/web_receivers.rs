@@ -160,9 +160,7 @@ async fn a_slack_message_a_teams_card_and_a_signed_webhook_arrive() {
 
     // Each target's ledger entry, the webhook's with its attempt.
     let event_id = answer["eventID"].as_str().unwrap();
-    let items = env
-        .items("org-chat", &format!("DELIVERY#{event_id}#"))
-        .await;
+    let items = env.ledger("org-chat", event_id).await;
     let webhook = items
         .iter()
         .find(|i| i["channel"] == "WEBHOOK")

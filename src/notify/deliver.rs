@@ -34,9 +34,11 @@ use crate::rate::RateLimiter;
 
 use super::{Action, Notifier};
 
-/// Deliveries written to the ledger in one call at most (one BatchWriteItem):
-/// also the most sends announced together.
+/// Deliveries written to the ledger in one call at most (one BatchWriteItem).
 pub(crate) const LEDGER_BATCH: usize = 25;
+/// The most sends announced together: one announcement item (intents), or
+/// one TransactWriteItems (a worker's takes).
+const ANNOUNCE_MAX: usize = 100;
 /// Outcomes are written at least this often while sends go on.
 const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Observed call times weigh in with this share (an exponential moving average).
@@ -153,6 +155,8 @@ enum WriteDone {
     /// A group's intents (and the outcomes riding along) or takes.
     Announced {
         group: Vec<(usize, Action)>,
+        /// The intents written (the synchronous path), to take back on failure.
+        intents: Vec<Delivery>,
         riders: Vec<(usize, Delivery)>,
         /// Per send, whether it may start.
         started: Vec<Written>,
@@ -244,7 +248,7 @@ where
                     }
                     let (group, next) = take_ready(
                         &mut lanes,
-                        free.min(LEDGER_BATCH),
+                        free.min(ANNOUNCE_MAX),
                         max,
                         last_start,
                         &mut out.held,
@@ -277,14 +281,14 @@ where
                     settle(done, &mut lanes, batch, &mut unrecorded, &mut out);
                 }
                 Some((done, took)) = writes.next() => { out.writing += took; match done {
-                    WriteDone::Announced { group, riders, started, failure } => {
+                    WriteDone::Announced { group, intents, riders, started, failure } => {
                         let ok = failure.is_none();
                         if let Some(e) = failure {
                             out.failure.get_or_insert(e);
                         }
                         // Riders were written only if the write succeeded.
                         if ok { recorded.extend(riders) } else { unrecorded.extend(riders) }
-                        let mut undo = Vec::new();
+                        let mut undo = false;
                         for ((i, action), written) in group.into_iter().zip(started) {
                             let lane = lane_of(&mut lanes, &action);
                             match written {
@@ -297,15 +301,15 @@ where
                                 }
                                 Written::Failed => {
                                     lane.busy -= 1;
-                                    undo.push(action.key());
+                                    undo = true;
                                     out.held.push(Held { action, why: Hold::StoreFailed, announced: false });
                                 }
                             }
                         }
-                        if !undo.is_empty() && matches!(announce, Announce::Intent) {
+                        if undo && !intents.is_empty() {
                             // Whatever of a failed intent write landed must not look like a send.
                             writes.push(timed(Box::pin(async move {
-                                WriteDone::Undone(self.store.forget_deliveries(org, event_id, &undo).await)
+                                WriteDone::Undone(self.store.withdraw_sends(org, event_id, &intents).await)
                             })));
                         }
                         // Start them now, before anything else is awaited.
@@ -410,8 +414,8 @@ where
     }
 
     /// The write that announces a group of sends about to start: intents,
-    /// with the outcomes gathered so far riding along (one BatchWriteItem),
-    /// or a worker's conditional takes.
+    /// with the outcomes gathered so far riding along (one BatchWriteItem:
+    /// the store keeps the intents as one item), or a worker's conditional takes.
     fn announce<'s>(
         &'s self,
         org: &'s OrgId,
@@ -423,16 +427,15 @@ where
         match announce {
             Announce::Intent => {
                 let riders: Vec<(usize, Delivery)> = unrecorded
-                    .drain(
-                        ..unrecorded
-                            .len()
-                            .min(LEDGER_BATCH.saturating_sub(group.len())),
-                    )
+                    .drain(..unrecorded.len().min(LEDGER_BATCH - 1))
                     .collect();
-                let mut items: Vec<Delivery> = group.iter().map(|(_, a)| a.intent()).collect();
-                items.extend(riders.iter().map(|(_, d)| d.clone()));
+                let intents: Vec<Delivery> = group.iter().map(|(_, a)| a.intent()).collect();
                 Box::pin(async move {
-                    let result = self.store.save_deliveries(org, event_id, &items).await;
+                    let ridden: Vec<Delivery> = riders.iter().map(|(_, d)| d.clone()).collect();
+                    let result = self
+                        .store
+                        .announce_sends(org, event_id, &intents, &ridden)
+                        .await;
                     let written = if result.is_ok() {
                         Written::Yes
                     } else {
@@ -441,6 +444,7 @@ where
                     WriteDone::Announced {
                         started: vec![written; group.len()],
                         group,
+                        intents,
                         riders,
                         failure: result.err(),
                     }
@@ -455,6 +459,7 @@ where
                         .await;
                     WriteDone::Announced {
                         group,
+                        intents: Vec::new(),
                         riders: Vec::new(),
                         started: answer.written,
                         failure: answer.failure,

@@ -321,6 +321,25 @@ impl TestEnv {
     }
 
     /// Every item under an organisation whose sort key starts with `prefix`.
+    /// An event's ledger as the function reads it (the synchronous path's
+    /// announcements applied: a send announced and not yet recorded reads
+    /// SENDING), one JSON object per delivery, as the API names its fields.
+    pub async fn ledger(&self, org: &str, event_id: &str) -> Vec<Value> {
+        use notify_offer_contacts::ports::EventStore;
+        let store =
+            notify_offer_contacts::aws::dynamo::DynamoStore::new(self.dynamo(), &self.table);
+        let org = notify_offer_contacts::model::OrgId::parse(org).expect("org");
+        let (_, ledger) = store
+            .event_with_deliveries(&org, event_id)
+            .await
+            .expect("read the ledger")
+            .expect("the event exists");
+        ledger
+            .iter()
+            .map(|d| serde_json::to_value(d).expect("json"))
+            .collect()
+    }
+
     pub async fn items(&self, org: &str, prefix: &str) -> Vec<Value> {
         let out = self
             .dynamo()

@@ -219,6 +219,25 @@ impl EventStore for DynamoStore {
             .await
     }
 
+    async fn announce_sends(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+        riders: &[Delivery],
+    ) -> Result<(), StoreError> {
+        self.announce_in(org, event_id, intents, riders).await
+    }
+
+    async fn withdraw_sends(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+    ) -> Result<(), StoreError> {
+        self.withdraw_in(org, event_id, intents).await
+    }
+
     async fn forget_deliveries(
         &self,
         org: &OrgId,

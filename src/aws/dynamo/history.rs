@@ -197,7 +197,14 @@ impl EventReader for DynamoStore {
                 &[],
             )
             .await?;
-        item.map(|i| serde_dynamo::from_item(i).map_err(malformed(OP)))
-            .transpose()
+        match item {
+            Some(i) => serde_dynamo::from_item(i).map(Some).map_err(malformed(OP)),
+            // A synchronous send announced with its group has no entry of
+            // its own until its outcome is written.
+            None => {
+                self.announced_in(org, event_id, &format!("{channel}#{contact}"))
+                    .await
+            }
+        }
     }
 }

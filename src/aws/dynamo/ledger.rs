@@ -1,4 +1,9 @@
-//! The ledger: one item per delivery, `DELIVERY#{eventID}#{channel}#{contactId or -}`.
+//! The ledger: one item per delivery, `DELIVERY#{eventID}#{channel}#{contactId or -}`,
+//! and one announcement per group of synchronous sends about to start,
+//! `DELIVERY#{eventID}#~SENDING#{ms}#{first key}`, listing the group's keys:
+//! each of them reads back `SENDING` until a newer entry of its own is
+//! written (the outcome, NOT_STARTED, UNCONFIRMED). One small item instead
+//! of one per send: a group of 100 costs one write unit or two, not 100.
 
 use super::*;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -30,7 +35,188 @@ fn delivery_item(org: &OrgId, event_id: &str, d: &Delivery) -> Result<Item, serd
     Ok(item)
 }
 
+/// Where an announcement's sort key starts inside its event's ledger: `~`
+/// sorts after every channel's name, so a listing meets them last.
+const ANNOUNCED: &str = "~SENDING#";
+
+/// The announcement of `intents`: its sort key follows from them (their
+/// latest time and the first key), so it can be taken back.
+fn announcement_sk(event_id: &str, intents: &[Delivery]) -> Option<(String, time::OffsetDateTime)> {
+    let at = intents.iter().map(|d| d.time).max()?;
+    let ms = at.unix_timestamp_nanos() / 1_000_000;
+    Some((
+        format!("DELIVERY#{event_id}#{ANNOUNCED}{ms}#{}", intents[0].key()),
+        at,
+    ))
+}
+
+fn announcement_item(
+    org: &OrgId,
+    event_id: &str,
+    intents: &[Delivery],
+) -> Result<Option<Item>, StoreError> {
+    const OP: &str = "announce sends";
+    let Some((sk, at)) = announcement_sk(event_id, intents) else {
+        return Ok(None);
+    };
+    let mut item = key(org_pk(org), sk);
+    item.insert("eventID".into(), AttributeValue::S(event_id.to_owned()));
+    item.insert("organizationID".into(), AttributeValue::S(org.to_string()));
+    item.insert("time".into(), AttributeValue::S(rfc3339(at, OP)?));
+    item.insert(
+        "keys".into(),
+        AttributeValue::L(intents.iter().map(|d| AttributeValue::S(d.key())).collect()),
+    );
+    Ok(Some(item))
+}
+
+/// An announcement read back: when, and the keys it announced.
+fn announced(item: &Item) -> Option<Result<(time::OffsetDateTime, Vec<String>), String>> {
+    match item.get("sk") {
+        Some(AttributeValue::S(sk)) if sk.contains(&format!("#{ANNOUNCED}")) => {}
+        _ => return None,
+    }
+    let at = match item.get("time") {
+        Some(AttributeValue::S(t)) => {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("an announcement's time: {e}"))
+        }
+        _ => Err("an announcement without its time".to_owned()),
+    };
+    let keys = match item.get("keys") {
+        Some(AttributeValue::L(keys)) => keys
+            .iter()
+            .map(|k| match k {
+                AttributeValue::S(k) => Ok(k.clone()),
+                _ => Err("an announcement's key is not a string".to_owned()),
+            })
+            .collect(),
+        _ => Err("an announcement without its keys".to_owned()),
+    };
+    Some(at.and_then(|at| Ok((at, keys?))))
+}
+
+/// The ledger with the announcements applied: each announced key reads
+/// `SENDING` unless an entry of its own is as new or newer (its outcome, or
+/// what a later run recorded); an older entry (NOT_STARTED from an earlier
+/// run, say) is what the announcement replaced.
+fn with_announced(
+    mut ledger: Vec<Delivery>,
+    announcements: Vec<(time::OffsetDateTime, Vec<String>)>,
+) -> Vec<Delivery> {
+    let mut at: HashMap<String, usize> = ledger
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.key(), i))
+        .collect();
+    for (time, keys) in announcements {
+        for k in keys {
+            let (channel, contact) = k.split_once('#').unwrap_or((k.as_str(), "-"));
+            let mut intent = Delivery::new(
+                channel.into(),
+                (contact != "-").then(|| contact.to_owned()),
+                crate::model::DeliveryStatus::Sending,
+            );
+            intent.time = time;
+            match at.get(&k) {
+                Some(&i) if ledger[i].time >= time => {}
+                Some(&i) => ledger[i] = intent,
+                None => {
+                    at.insert(k, ledger.len());
+                    ledger.push(intent);
+                }
+            }
+        }
+    }
+    ledger
+}
+
 impl DynamoStore {
+    /// One BatchWriteItem: the group's announcement and the riders (24 at
+    /// most ride in the same call).
+    pub(super) async fn announce_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+        riders: &[Delivery],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "announce sends";
+        let mut items: Vec<Item> = announcement_item(org, event_id, intents)?
+            .into_iter()
+            .collect();
+        for d in riders {
+            items.push(delivery_item(org, event_id, d).map_err(malformed(OP))?);
+        }
+        self.write_all(OP, items).await
+    }
+
+    /// The entry an announcement holds for `key` (`SENDING`), when some
+    /// announcement of the event lists it: for a read of one entry that
+    /// found none of its own (a synchronous send in flight, or one a crash
+    /// interrupted before a later run recorded it).
+    pub(super) async fn announced_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        key_of: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
+        const OP: &str = "read announcements";
+        let mut announcements = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", AttributeValue::S(org_pk(org)))
+                .expression_attribute_values(
+                    ":prefix",
+                    AttributeValue::S(format!("DELIVERY#{event_id}#{ANNOUNCED}")),
+                )
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable(OP))?;
+            for item in page.items.unwrap_or_default() {
+                if let Some(a) = announced(&item) {
+                    let (at, keys) =
+                        a.map_err(|detail| StoreError::Malformed { op: OP, detail })?;
+                    if keys.iter().any(|k| k == key_of) {
+                        announcements.push((at, vec![key_of.to_owned()]));
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(with_announced(Vec::new(), announcements).pop())
+    }
+
+    pub(super) async fn withdraw_in(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "withdraw an announcement";
+        let Some((sk, _)) = announcement_sk(event_id, intents) else {
+            return Ok(());
+        };
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), sk)))
+            .send()
+            .await
+            .map_err(unavailable(OP))?;
+        Ok(())
+    }
+
     pub(super) async fn save_deliveries_in(
         &self,
         org: &OrgId,
@@ -65,6 +251,7 @@ impl DynamoStore {
         };
         let event: NotificationEvent = serde_dynamo::from_item(item).map_err(malformed(OP))?;
         let mut ledger = Vec::new();
+        let mut announcements = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             let page = self
@@ -83,14 +270,18 @@ impl DynamoStore {
                 .await
                 .map_err(unavailable(OP))?;
             for item in page.items.unwrap_or_default() {
-                ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?);
+                match announced(&item) {
+                    Some(a) => announcements
+                        .push(a.map_err(|detail| StoreError::Malformed { op: OP, detail })?),
+                    None => ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?),
+                }
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
                 _ => break,
             }
         }
-        Ok(Some((event, ledger)))
+        Ok(Some((event, with_announced(ledger, announcements))))
     }
 
     pub(super) async fn deliveries_in(
@@ -348,5 +539,96 @@ impl DynamoStore {
             ],
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeliveryStatus, NotificationChannel};
+    use time::Duration;
+
+    fn entry(key: &str, status: DeliveryStatus, at: time::OffsetDateTime) -> Delivery {
+        let (channel, contact) = key.split_once('#').unwrap();
+        let mut d = Delivery::new(channel.into(), Some(contact.to_owned()), status);
+        d.time = at;
+        d
+    }
+
+    fn statuses(ledger: &[Delivery]) -> Vec<(String, DeliveryStatus)> {
+        let mut s: Vec<_> = ledger.iter().map(|d| (d.key(), d.status)).collect();
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        s
+    }
+
+    #[test]
+    fn an_announced_key_is_sending_until_a_newer_entry_of_its_own() {
+        let t = time::OffsetDateTime::now_utc();
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let ledger = vec![
+            // Its outcome, written after the announcement: the outcome.
+            entry(
+                "EMAIL#a",
+                DeliveryStatus::Sent,
+                t + Duration::milliseconds(30),
+            ),
+            // NOT_STARTED from an earlier run, announced again since: SENDING.
+            entry(
+                "EMAIL#b",
+                DeliveryStatus::NotStarted,
+                t - Duration::seconds(60),
+            ),
+            // Not announced: as it is.
+            entry("SMS#d", DeliveryStatus::Failed, t),
+        ];
+        let out = with_announced(
+            ledger,
+            vec![
+                (t, keys(&["EMAIL#a", "EMAIL#b", "EMAIL#c", "SNS#-"])),
+                // An older announcement of `c` does not undo the newer one.
+                (t - Duration::seconds(60), keys(&["EMAIL#c"])),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            vec![
+                ("EMAIL#a".to_owned(), DeliveryStatus::Sent),
+                ("EMAIL#b".to_owned(), DeliveryStatus::Sending),
+                ("EMAIL#c".to_owned(), DeliveryStatus::Sending),
+                ("SMS#d".to_owned(), DeliveryStatus::Failed),
+                ("SNS#-".to_owned(), DeliveryStatus::Sending),
+            ]
+        );
+        let topic = out.iter().find(|d| d.key() == "SNS#-").unwrap();
+        assert_eq!(topic.channel, NotificationChannel::Sns);
+        assert_eq!(topic.contact_id, None);
+        assert_eq!(out.iter().find(|d| d.key() == "EMAIL#c").unwrap().time, t);
+    }
+
+    #[test]
+    fn an_announcement_reads_back_what_was_written() {
+        let org = OrgId::parse("org-a").unwrap();
+        let intents = vec![
+            Delivery::new(
+                NotificationChannel::Email,
+                Some("c-1".into()),
+                DeliveryStatus::Sending,
+            ),
+            Delivery::new(NotificationChannel::Sns, None, DeliveryStatus::Sending),
+        ];
+        let item = announcement_item(&org, "ev-1", &intents).unwrap().unwrap();
+        let (sk, _) = announcement_sk("ev-1", &intents).unwrap();
+        assert!(sk.starts_with("DELIVERY#ev-1#~SENDING#"), "{sk}");
+        assert!(sk.ends_with("#EMAIL#c-1"), "{sk}");
+        let (at, keys) = announced(&item).expect("an announcement").unwrap();
+        assert_eq!(keys, ["EMAIL#c-1", "SNS#-"]);
+        // Stored at a second's precision or better: the newest intent's time.
+        let newest = intents.iter().map(|d| d.time).max().unwrap();
+        assert!((newest - at).abs() < Duration::milliseconds(1));
+        // An ordinary entry is not one.
+        let entry = delivery_item(&org, "ev-1", &intents[0]).unwrap();
+        assert!(announced(&entry).is_none());
+        // Nothing announced, nothing written.
+        assert!(announcement_item(&org, "ev-1", &[]).unwrap().is_none());
     }
 }
