@@ -68,6 +68,8 @@ pub struct MemoryStore {
     forgetful: bool,
     /// Calls made, for counting round trips.
     pub calls: AtomicUsize,
+    /// Every key announced (as one group item would be, in DynamoDB), in order.
+    announced: Mutex<Vec<String>>,
 }
 
 impl MemoryStore {
@@ -176,6 +178,11 @@ impl MemoryStore {
         let ledger = all.entry(event_id.to_owned()).or_default();
         ledger.retain(|old| old.key() != d.key());
         ledger.push(d);
+    }
+    /// Every key announced so far with `announce_sends`, in order (the keys
+    /// an entry of their own came with are not among them).
+    pub fn announced(&self) -> Vec<String> {
+        lock(&self.announced).clone()
     }
     pub fn deliveries(&self, event_id: &str) -> Vec<Delivery> {
         lock(&self.deliveries)
@@ -292,6 +299,19 @@ fn event_key(event: &NotificationEvent) -> (String, String) {
 impl crate::ports::WorkStore for MemoryStore {}
 
 impl EventStore for MemoryStore {
+    /// As the port's default (entries), noting which keys were announced.
+    async fn announce_sends(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+        intents: &[Delivery],
+        riders: &[Delivery],
+    ) -> Result<(), StoreError> {
+        let all: Vec<Delivery> = intents.iter().chain(riders).cloned().collect();
+        self.save_deliveries(org, event_id, &all).await?;
+        lock(&self.announced).extend(intents.iter().map(Delivery::key));
+        Ok(())
+    }
     async fn create_event(&self, event: &NotificationEvent) -> Result<(), StoreError> {
         if !self.write(StoreOp::CreateEvent)? {
             return Ok(());

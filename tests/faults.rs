@@ -105,6 +105,32 @@ async fn stored_truth(env: &TestEnv, answer: &HttpAnswer) {
         ledger.iter().all(|d| d["status"] != "SENDING"),
         "no delivery left in flight: {ledger:?}"
     );
+    // The same, on the raw items: every key an announcement lists has an
+    // entry of its own, none left SENDING.
+    let raw = env.items("org-demo", &format!("DELIVERY#{id}#")).await;
+    let (announcements, entries): (Vec<_>, Vec<_>) = raw
+        .iter()
+        .partition(|i| i["sk"].as_str().unwrap().contains("#~SENDING#"));
+    let own: std::collections::HashSet<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}#{}",
+                e["channel"].as_str().unwrap(),
+                e["contactId"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    for key in announcements
+        .iter()
+        .flat_map(|a| a["keys"].as_array().unwrap())
+    {
+        assert!(
+            own.contains(key.as_str().unwrap()),
+            "{key} only announced: {raw:?}"
+        );
+    }
+    assert!(entries.iter().all(|e| e["status"] != "SENDING"), "{raw:?}");
 }
 
 /// One transient fault at one step: absorbed by a retry, everything sent once.

@@ -431,3 +431,53 @@ async fn a_report_for_a_pending_event_is_retried_and_a_loss_is_counted_once() {
     assert_eq!(stored["info"]["deliverySummary"]["EMAIL"]["sent"], 1);
     assert_eq!(stored["info"]["lostDeliveries"], json!(["EMAIL#c-ann"]));
 }
+
+/// A report that arrives before the synchronous run wrote its delivery's
+/// outcome (the send is only announced with its group) is retried, not
+/// dropped: once the outcome is written, it applies.
+#[tokio::test]
+async fn a_report_for_a_send_still_only_announced_is_retried_until_its_outcome_is_written() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use notify_offer_contacts::model::{Delivery, DeliveryStatus, NotificationChannel, OrgId};
+    use notify_offer_contacts::ports::EventStore;
+    let env = TestEnv::new().await;
+    let event = env.notified("org-demo", "offer-demo").await;
+    let ann = ses_id(&env, "org-demo", &event, "c-ann").await;
+    let sk = format!("DELIVERY#{event}#EMAIL#c-ann");
+    let outcome = env.items("org-demo", &sk).await.remove(0);
+    // As it stood while the send was in flight: announced, no entry of its own.
+    env.dynamo()
+        .delete_item()
+        .table_name(&env.table)
+        .key("pk", AttributeValue::S("ORG#org-demo".into()))
+        .key("sk", AttributeValue::S(sk.clone()))
+        .send()
+        .await
+        .unwrap();
+    let store = notify_offer_contacts::aws::dynamo::DynamoStore::new(env.dynamo(), &env.table);
+    let intent = Delivery::new(
+        NotificationChannel::Email,
+        Some("c-ann".into()),
+        DeliveryStatus::Sending,
+    );
+    store
+        .announce_sends(&OrgId::parse("org-demo").unwrap(), &event, &[intent], &[])
+        .await
+        .unwrap();
+
+    let bounce = report("sns-ses-bounce", "org-demo", &event, "c-ann", &ann, "p1");
+    let e = env.invoke(bounce.clone()).await.unwrap_err();
+    assert_eq!(e.error_type, "InternalError", "retried: {e:?}");
+
+    // The run writes the outcome; the report's next delivery applies.
+    env.dynamo()
+        .put_item()
+        .table_name(&env.table)
+        .set_item(Some(serde_dynamo::to_item(&outcome).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    env.invoke(bounce).await.unwrap();
+    let now = env.items("org-demo", &sk).await.remove(0);
+    assert_eq!(now["outcome"], "BOUNCED", "{now}");
+}

@@ -115,6 +115,18 @@ async fn at_one_email_a_second_the_answer_beats_the_deadline_and_retries_send_ev
         "all 30, each exactly once"
     );
     assert_eq!(count(&store.deliveries(&id), DeliveryStatus::Sent), 30);
+    // Only the first run's 4 were announced; the retries' sends each had an
+    // entry already (NOT_STARTED), so theirs was an entry too: an
+    // announcement never stands against an entry of its own.
+    let mut announced = store.announced();
+    announced.sort();
+    let mut first_four: Vec<String> = ledger
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Sent)
+        .map(Delivery::key)
+        .collect();
+    first_four.sort();
+    assert_eq!(announced, first_four);
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,11 +7,13 @@
 //! the margin kept for recording) covers a call of at least `min_send_time`.
 //! Its call is then cut at that margin, so the last answer comes before it
 //! whatever the provider's latency. The sends that start together are
-//! announced in the ledger together, just before they start: a SENDING intent
-//! (the synchronous path; it also carries the outcomes gathered so far), or the
-//! conditional take of their QUEUED entries (a worker). So a SENDING entry
-//! always means "this send was really started", and whatever was not started
-//! has no such entry.
+//! announced in the ledger together, just before they start: on the
+//! synchronous path one announcement listing their keys (the store keeps it as
+//! one item; a delivery that already has an entry of its own, from an earlier
+//! run, gets a SENDING entry instead), which also carries the outcomes
+//! gathered so far; on a worker, the conditional take of their QUEUED entries.
+//! So SENDING always means "this send was really started", and whatever was
+//! not started reads no such thing.
 //!
 //! How many slots: Little's law per channel, in flight = rate x the channel's
 //! observed call time (times 1.5, plus one), so a 1-a-second quota holds no
@@ -36,8 +38,8 @@ use super::{Action, Notifier};
 
 /// Deliveries written to the ledger in one call at most (one BatchWriteItem).
 pub(crate) const LEDGER_BATCH: usize = 25;
-/// The most sends announced together: one announcement item (intents), or
-/// one TransactWriteItems (a worker's takes).
+/// The most sends the synchronous path announces together (one item); a
+/// worker takes at most `LEDGER_BATCH` in one TransactWriteItems.
 const ANNOUNCE_MAX: usize = 100;
 /// Outcomes are written at least this often while sends go on.
 const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -47,8 +49,13 @@ const LATENCY_WEIGHT: f64 = 0.2;
 /// How the sends that start are announced in the ledger.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Announce<'a> {
-    /// The synchronous path: SENDING intents (one unconditional batch write).
-    Intent,
+    /// The synchronous path: an announcement of the intents (one
+    /// unconditional batch write); the keys in `entries` already have an
+    /// entry of their own (an earlier run's), so theirs is a SENDING entry:
+    /// an announcement never stands against an entry.
+    Intent {
+        entries: &'a std::collections::HashSet<String>,
+    },
     /// A worker: the QUEUED entries of this work batch are taken (a
     /// conditional write each); only what was taken is sent.
     Take { batch: &'a str },
@@ -155,8 +162,9 @@ enum WriteDone {
     /// A group's intents (and the outcomes riding along) or takes.
     Announced {
         group: Vec<(usize, Action)>,
-        /// The intents written (the synchronous path), to take back on failure.
-        intents: Vec<Delivery>,
+        /// The intents written (the synchronous path), to take back on
+        /// failure: announced, and written as entries.
+        intents: (Vec<Delivery>, Vec<String>),
         riders: Vec<(usize, Delivery)>,
         /// Per send, whether it may start.
         started: Vec<Written>,
@@ -196,7 +204,7 @@ where
         let max = self.concurrency.max(1);
         let batch = match announce {
             Announce::Take { batch } => Some(batch),
-            Announce::Intent => None,
+            Announce::Intent { .. } => None,
         };
 
         let mut lanes: Vec<Lane<'_>> = Vec::new();
@@ -248,7 +256,10 @@ where
                     }
                     let (group, next) = take_ready(
                         &mut lanes,
-                        free.min(ANNOUNCE_MAX),
+                        free.min(match announce {
+                            Announce::Intent { .. } => ANNOUNCE_MAX,
+                            Announce::Take { .. } => LEDGER_BATCH,
+                        }),
                         max,
                         last_start,
                         &mut out.held,
@@ -306,10 +317,17 @@ where
                                 }
                             }
                         }
-                        if undo && !intents.is_empty() {
+                        let (announced, entries) = intents;
+                        if undo && !(announced.is_empty() && entries.is_empty()) {
                             // Whatever of a failed intent write landed must not look like a send.
                             writes.push(timed(Box::pin(async move {
-                                WriteDone::Undone(self.store.withdraw_sends(org, event_id, &intents).await)
+                                let withdrawn = self.store.withdraw_sends(org, event_id, &announced).await;
+                                let forgotten = if entries.is_empty() {
+                                    Ok(())
+                                } else {
+                                    self.store.forget_deliveries(org, event_id, &entries).await
+                                };
+                                WriteDone::Undone(withdrawn.and(forgotten))
                             })));
                         }
                         // Start them now, before anything else is awaited.
@@ -425,17 +443,26 @@ where
         unrecorded: &mut Vec<(usize, Delivery)>,
     ) -> BoxFuture<'s, WriteDone> {
         match announce {
-            Announce::Intent => {
+            Announce::Intent { entries } => {
+                let (again, fresh): (Vec<Delivery>, Vec<Delivery>) = group
+                    .iter()
+                    .map(|(_, a)| a.intent())
+                    .partition(|d| entries.contains(&d.key()));
                 let riders: Vec<(usize, Delivery)> = unrecorded
-                    .drain(..unrecorded.len().min(LEDGER_BATCH - 1))
+                    .drain(
+                        ..unrecorded
+                            .len()
+                            .min((LEDGER_BATCH - 1).saturating_sub(again.len())),
+                    )
                     .collect();
-                let intents: Vec<Delivery> = group.iter().map(|(_, a)| a.intent()).collect();
                 Box::pin(async move {
-                    let ridden: Vec<Delivery> = riders.iter().map(|(_, d)| d.clone()).collect();
+                    let mut ridden: Vec<Delivery> = again.clone();
+                    ridden.extend(riders.iter().map(|(_, d)| d.clone()));
                     let result = self
                         .store
-                        .announce_sends(org, event_id, &intents, &ridden)
+                        .announce_sends(org, event_id, &fresh, &ridden)
                         .await;
+                    let intents = (fresh, again.iter().map(Delivery::key).collect());
                     let written = if result.is_ok() {
                         Written::Yes
                     } else {
@@ -459,7 +486,7 @@ where
                         .await;
                     WriteDone::Announced {
                         group,
-                        intents: Vec::new(),
+                        intents: (Vec::new(), Vec::new()),
                         riders: Vec::new(),
                         started: answer.written,
                         failure: answer.failure,

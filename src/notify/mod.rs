@@ -540,8 +540,15 @@ where
                 Err(StoreError::Conflict { .. }) => {}
                 other => other?,
             }
-            Box::pin(self.deliver_and_record(event, actions, decided, Vec::new(), cmd.deadline))
-                .await
+            let none = HashSet::new();
+            Box::pin(self.deliver_and_record(
+                event,
+                actions,
+                decided,
+                (Vec::new(), &none),
+                cmd.deadline,
+            ))
+            .await
         }
         .instrument(span)
         .await
@@ -623,13 +630,14 @@ where
     /// Delivers with the send engine, then stores the outcome. What the
     /// deadline or the provider's quota kept from starting goes to the work
     /// queue when there is one, else is recorded NOT_STARTED for a retry.
-    /// `settled` holds what earlier runs recorded (a resume).
+    /// `earlier` holds what earlier runs recorded that stays (a resume), and
+    /// the key of every entry the ledger already holds.
     pub(crate) async fn deliver_and_record(
         &self,
         mut event: NotificationEvent,
         actions: Vec<Action>,
         decided: Vec<Delivery>,
-        settled: Vec<Delivery>,
+        (settled, entries): (Vec<Delivery>, &HashSet<String>),
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Notified, NotifyError> {
         let (org, event_id) = event_ids(&event)?;
@@ -647,8 +655,14 @@ where
             fresh.extend(decided);
         }
         let delivering = tokio::time::Instant::now();
-        let delivered =
-            Box::pin(self.deliver(&org, &event_id, actions, deadline, Announce::Intent)).await;
+        let delivered = Box::pin(self.deliver(
+            &org,
+            &event_id,
+            actions,
+            deadline,
+            Announce::Intent { entries },
+        ))
+        .await;
         // Where the time goes (ledger writes and provider calls overlap; each
         // is summed over its calls).
         tracing::info!(

@@ -347,10 +347,12 @@ where
             n.recorded = recorded;
             return Ok(n);
         }
+        let entries: HashSet<String> = ledger.iter().map(Delivery::key).collect();
         let (settled, actions, decided) = self
             .settle(&org, &event_id, ledger, actions, decided, retry_failed)
             .await?;
-        Box::pin(self.deliver_and_record(event, actions, decided, settled, deadline)).await
+        Box::pin(self.deliver_and_record(event, actions, decided, (settled, &entries), deadline))
+            .await
     }
 
     /// A resumed synchronous event with a ledger and no queue to hand to.
@@ -363,10 +365,12 @@ where
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Notified, NotifyError> {
         let (org, event_id) = event_ids(&event)?;
+        let entries: HashSet<String> = ledger.iter().map(Delivery::key).collect();
         let (settled, actions, decided) = self
             .settle(&org, &event_id, ledger, actions, decided, false)
             .await?;
-        Box::pin(self.deliver_and_record(event, actions, decided, settled, deadline)).await
+        Box::pin(self.deliver_and_record(event, actions, decided, (settled, &entries), deadline))
+            .await
     }
 
     /// Splits the ledger into what stays (SENT, UNCONFIRMED, and FAILED unless

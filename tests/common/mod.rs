@@ -320,7 +320,6 @@ impl TestEnv {
         )
     }
 
-    /// Every item under an organisation whose sort key starts with `prefix`.
     /// An event's ledger as the function reads it (the synchronous path's
     /// announcements applied: a send announced and not yet recorded reads
     /// SENDING), one JSON object per delivery, as the API names its fields.
@@ -340,6 +339,7 @@ impl TestEnv {
             .collect()
     }
 
+    /// Every item under an organisation whose sort key starts with `prefix`.
     pub async fn items(&self, org: &str, prefix: &str) -> Vec<Value> {
         let out = self
             .dynamo()

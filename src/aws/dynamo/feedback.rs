@@ -193,8 +193,25 @@ impl DynamoStore {
             }
             // Its intent is written, its outcome not yet (a 200 ms flush).
             (Some("SENDING"), _) => Current::NotYet,
+            // Announced with its group, its outcome not written yet: the
+            // same, for the synchronous path.
+            (None, _) if item.is_none() && self.is_announced(e).await? => Current::NotYet,
             _ => Current::NotOurs,
         })
+    }
+
+    /// Whether an announcement of the entry's event lists it (it has no
+    /// entry of its own yet).
+    async fn is_announced(&self, e: &Entry) -> Result<bool, StoreError> {
+        // DELIVERY#{eventID}#{channel}#{contact}
+        let prefix = format!("DELIVERY#{}#", e.event_id);
+        let (Some(key), Some(org)) = (
+            e.sk.strip_prefix(&prefix),
+            e.pk.strip_prefix("ORG#").and_then(|o| OrgId::parse(o).ok()),
+        ) else {
+            return Ok(false);
+        };
+        Ok(self.announced_in(&org, &e.event_id, key).await?.is_some())
     }
 
     /// A lost delivery on its event, once: its key appended to

@@ -193,7 +193,8 @@ impl EventReader for DynamoStore {
                 OP,
                 org_pk(org),
                 format!("DELIVERY#{event_id}#{channel}#{contact}"),
-                false,
+                // As consistent as the event's listing, which reads the same.
+                true,
                 &[],
             )
             .await?;
