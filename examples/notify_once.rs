@@ -14,7 +14,8 @@ use notify_offer_contacts::model::{OfferId, OrgId};
 use notify_offer_contacts::notify::{NotifyCommand, NotifyContacts};
 use notify_offer_contacts::ports::{ContactStore, EventStore, OfferStore};
 
-#[tokio::main]
+// The runtime main.rs builds.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let org = OrgId::parse(&args[1]).expect("org");
