@@ -64,8 +64,8 @@ with table.batch_writer() as w:
 plain = Plain(TABLE, SENDER)
 plain.notify(ORG, "offer-warm")  # warm connections, as the project's runner does
 
-print(f"| contacts | sends | plain boto3, 16 threads | this project (defaults, rates unlimited) | faster by | in flight | ideal | project / ideal |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| contacts | sends | plain boto3, 16 threads | this project (defaults, rates unlimited) | faster by | in flight | ideal | project / ideal | store floor | faster by, at most |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n in sizes:
     p = [timed(plain, ORG, f"offer-{n}") for _ in range(RUNS)]
     plain_ms = statistics.median(t for t, _, _ in p)
@@ -84,8 +84,13 @@ for n in sizes:
         assert r["status"] == "DONE", r
     ms = statistics.median(r["ms"] for r in runs)
     io = statistics.median(r["io_ms"] for r in runs)
+    # What the store alone takes for the reads, the event and one outcome per
+    # send (the per-recipient records): the project cannot finish sooner, so
+    # plain / floor is the most it can be faster by on this store.
+    floor = io + statistics.median(r["outcomes_ms"] for r in runs)
     inflight = runs[0]["concurrency"]
     ideal = math.ceil(sends / inflight) * latency_ms + io
     print(f"| {n} | {sends} | {plain_ms / 1000:.3f} s | {ms / 1000:.3f} s | {plain_ms / ms:.2f}x | {inflight} | "
-          f"{ideal / 1000:.3f} s ({math.ceil(sends / inflight)} x {latency_ms:.0f} ms + {io:.0f} ms reads/writes) | {ms / ideal:.2f} |")
+          f"{ideal / 1000:.3f} s ({math.ceil(sends / inflight)} x {latency_ms:.0f} ms + {io:.0f} ms reads/writes) | {ms / ideal:.2f} | "
+          f"{floor / 1000:.3f} s | {plain_ms / floor:.2f}x |")
     sys.stdout.flush()

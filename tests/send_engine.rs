@@ -500,3 +500,60 @@ async fn a_send_refused_for_quota_is_put_back_even_when_the_store_then_fails() {
     assert_eq!(emailed(&provider2), ["c0@buyer.example.com"]);
     assert_eq!(entry("c1"), DeliveryStatus::Unconfirmed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_intent_write_on_a_retry_puts_resumed_entries_back_not_started() {
+    // A retry resumes deliveries that have an entry (NOT_STARTED); its intent
+    // write fails. The entry must be written back NOT_STARTED, not deleted:
+    // in DynamoDB an earlier run's announcement may list that key, and with
+    // no entry it would read SENDING and never be sent.
+    let store = emails_only(30);
+    let provider = Arc::new(MemoryProvider::with_latency(Duration::from_millis(150)));
+    let mut n = memory::notifier(store.clone(), provider.clone(), 8);
+    n.rates = one_email_a_second();
+    let first = n
+        .notify(keyed(
+            "k-back",
+            Some(Instant::now() + Duration::from_secs(8)),
+        ))
+        .await
+        .unwrap();
+    let id = first.event_id.clone().unwrap();
+    assert_eq!(
+        count(&store.deliveries(&id), DeliveryStatus::NotStarted),
+        26
+    );
+
+    store.fail_once_after(StoreOp::SaveDeliveries, 0);
+    let failed = n
+        .notify(keyed(
+            "k-back",
+            Some(Instant::now() + Duration::from_secs(8)),
+        ))
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    let ledger = store.deliveries(&id);
+    assert_eq!(ledger.len(), 30, "no entry deleted: {ledger:?}");
+    assert_eq!(count(&ledger, DeliveryStatus::NotStarted), 26);
+    assert_eq!(count(&ledger, DeliveryStatus::Sending), 0);
+    assert_eq!(provider.emails().len(), 4, "nothing started");
+
+    let mut last = failed;
+    for _ in 0..12 {
+        if matches!(&last, Ok(e) if e.event_status == Some(EventStatus::Done)) {
+            break;
+        }
+        last = n
+            .notify(keyed(
+                "k-back",
+                Some(Instant::now() + Duration::from_secs(8)),
+            ))
+            .await;
+    }
+    assert_eq!(last.unwrap().event_status, Some(EventStatus::Done));
+    assert_eq!(
+        emailed(&provider),
+        once_each(30),
+        "all 30, each exactly once"
+    );
+}

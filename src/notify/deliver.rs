@@ -162,8 +162,8 @@ enum WriteDone {
     /// A group's intents (and the outcomes riding along) or takes.
     Announced {
         group: Vec<(usize, Action)>,
-        /// The intents written (the synchronous path), to take back on
-        /// failure: announced, and written as entries.
+        /// The intents written (the synchronous path): announced, to take
+        /// back on failure; and the keys written as entries, to put back.
         intents: (Vec<Delivery>, Vec<String>),
         riders: Vec<(usize, Delivery)>,
         /// Per send, whether it may start.
@@ -299,6 +299,7 @@ where
                         }
                         // Riders were written only if the write succeeded.
                         if ok { recorded.extend(riders) } else { unrecorded.extend(riders) }
+                        let (announced, entries) = intents;
                         let mut undo = false;
                         for ((i, action), written) in group.into_iter().zip(started) {
                             let lane = lane_of(&mut lanes, &action);
@@ -313,21 +314,17 @@ where
                                 Written::Failed => {
                                     lane.busy -= 1;
                                     undo = true;
-                                    out.held.push(Held { action, why: Hold::StoreFailed, announced: false });
+                                    // A resumed delivery's entry is not deleted (an earlier
+                                    // announcement may list it): it is written back NOT_STARTED.
+                                    let again = entries.contains(&action.key());
+                                    out.held.push(Held { action, why: Hold::StoreFailed, announced: again });
                                 }
                             }
                         }
-                        let (announced, entries) = intents;
-                        if undo && !(announced.is_empty() && entries.is_empty()) {
+                        if undo && !announced.is_empty() {
                             // Whatever of a failed intent write landed must not look like a send.
                             writes.push(timed(Box::pin(async move {
-                                let withdrawn = self.store.withdraw_sends(org, event_id, &announced).await;
-                                let forgotten = if entries.is_empty() {
-                                    Ok(())
-                                } else {
-                                    self.store.forget_deliveries(org, event_id, &entries).await
-                                };
-                                WriteDone::Undone(withdrawn.and(forgotten))
+                                WriteDone::Undone(self.store.withdraw_sends(org, event_id, &announced).await)
                             })));
                         }
                         // Start them now, before anything else is awaited.
