@@ -157,7 +157,28 @@ impl DynamoStore {
         key_of: &str,
     ) -> Result<Option<Delivery>, StoreError> {
         const OP: &str = "read announcements";
+        let prefix = format!("DELIVERY#{event_id}#{ANNOUNCED}");
         let mut announcements = Vec::new();
+        for item in self.query_prefix(OP, org, &prefix).await? {
+            if let Some(a) = announced(&item) {
+                let (at, keys) = a.map_err(|detail| StoreError::Malformed { op: OP, detail })?;
+                if keys.iter().any(|k| k == key_of) {
+                    announcements.push((at, vec![key_of.to_owned()]));
+                }
+            }
+        }
+        Ok(with_announced(Vec::new(), announcements).pop())
+    }
+
+    /// Every item of the organisation whose sort key starts with `prefix`,
+    /// page after page (a consistent read).
+    async fn query_prefix(
+        &self,
+        op: &'static str,
+        org: &OrgId,
+        prefix: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             let page = self
@@ -166,30 +187,18 @@ impl DynamoStore {
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                 .expression_attribute_values(":pk", AttributeValue::S(org_pk(org)))
-                .expression_attribute_values(
-                    ":prefix",
-                    AttributeValue::S(format!("DELIVERY#{event_id}#{ANNOUNCED}")),
-                )
+                .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(unavailable(OP))?;
-            for item in page.items.unwrap_or_default() {
-                if let Some(a) = announced(&item) {
-                    let (at, keys) =
-                        a.map_err(|detail| StoreError::Malformed { op: OP, detail })?;
-                    if keys.iter().any(|k| k == key_of) {
-                        announcements.push((at, vec![key_of.to_owned()]));
-                    }
-                }
-            }
+                .map_err(unavailable(op))?;
+            items.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+                _ => return Ok(items),
             }
         }
-        Ok(with_announced(Vec::new(), announcements).pop())
     }
 
     pub(super) async fn withdraw_in(
@@ -247,33 +256,14 @@ impl DynamoStore {
         let event: NotificationEvent = serde_dynamo::from_item(item).map_err(malformed(OP))?;
         let mut ledger = Vec::new();
         let mut announcements = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", AttributeValue::S(org_pk(org)))
-                .expression_attribute_values(
-                    ":prefix",
-                    AttributeValue::S(format!("DELIVERY#{event_id}#")),
-                )
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable(OP))?;
-            for item in page.items.unwrap_or_default() {
-                match announced(&item) {
-                    Some(a) => announcements
-                        .push(a.map_err(|detail| StoreError::Malformed { op: OP, detail })?),
-                    None => ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?),
-                }
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+        for item in self
+            .query_prefix(OP, org, &format!("DELIVERY#{event_id}#"))
+            .await?
+        {
+            match announced(&item) {
+                Some(a) => announcements
+                    .push(a.map_err(|detail| StoreError::Malformed { op: OP, detail })?),
+                None => ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?),
             }
         }
         Ok(Some((event, with_announced(ledger, announcements))))
