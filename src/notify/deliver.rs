@@ -453,13 +453,14 @@ where
                     )
                     .collect();
                 Box::pin(async move {
-                    let mut ridden: Vec<Delivery> = again.clone();
+                    let again_keys = again.iter().map(Delivery::key).collect();
+                    let mut ridden = again;
                     ridden.extend(riders.iter().map(|(_, d)| d.clone()));
                     let result = self
                         .store
                         .announce_sends(org, event_id, &fresh, &ridden)
                         .await;
-                    let intents = (fresh, again.iter().map(Delivery::key).collect());
+                    let intents = (fresh, again_keys);
                     let written = if result.is_ok() {
                         Written::Yes
                     } else {

@@ -37,9 +37,10 @@ fn delivery_item(org: &OrgId, event_id: &str, d: &Delivery) -> Result<Item, serd
     Ok(item)
 }
 
-/// Where an announcement's sort key starts inside its event's ledger: `~`
-/// sorts after every channel's name, so a listing meets them last.
-const ANNOUNCED: &str = "~SENDING#";
+/// What marks an announcement's sort key inside its event's ledger
+/// (`DELIVERY#{eventID}#~SENDING#...`): `~` sorts after every channel's
+/// name, so a listing meets them last.
+const ANNOUNCED: &str = "#~SENDING#";
 
 /// The announcement of `intents`: its sort key follows from them (their
 /// latest time and the first key), so it can be taken back.
@@ -47,7 +48,7 @@ fn announcement_sk(event_id: &str, intents: &[Delivery]) -> Option<(String, time
     let at = intents.iter().map(|d| d.time).max()?;
     let ms = at.unix_timestamp_nanos() / 1_000_000;
     Some((
-        format!("DELIVERY#{event_id}#{ANNOUNCED}{ms}#{}", intents[0].key()),
+        format!("DELIVERY#{event_id}{ANNOUNCED}{ms}#{}", intents[0].key()),
         at,
     ))
 }
@@ -72,10 +73,14 @@ fn announcement_item(
     Ok(Some(item))
 }
 
-/// An announcement read back: when, and the keys it announced.
-fn announced(item: &Item) -> Option<Result<(time::OffsetDateTime, Vec<String>), String>> {
+/// An announcement read back (`None`: another item): when, and the keys it
+/// announced; `op` names the read for the error.
+fn announced(
+    item: &Item,
+    op: &'static str,
+) -> Option<Result<(time::OffsetDateTime, Vec<String>), StoreError>> {
     match item.get("sk") {
-        Some(AttributeValue::S(sk)) if sk.contains(&format!("#{ANNOUNCED}")) => {}
+        Some(AttributeValue::S(sk)) if sk.contains(ANNOUNCED) => {}
         _ => return None,
     }
     let at = match item.get("time") {
@@ -95,7 +100,22 @@ fn announced(item: &Item) -> Option<Result<(time::OffsetDateTime, Vec<String>), 
             .collect(),
         _ => Err("an announcement without its keys".to_owned()),
     };
-    Some(at.and_then(|at| Ok((at, keys?))))
+    Some(
+        at.and_then(|at| Ok((at, keys?)))
+            .map_err(|detail| StoreError::Malformed { op, detail }),
+    )
+}
+
+/// The SENDING entry an announcement at `time` holds for `key`.
+fn sending(key: &str, time: time::OffsetDateTime) -> Option<Delivery> {
+    let (channel, contact) = key.split_once('#')?;
+    let mut d = Delivery::new(
+        channel.into(),
+        (contact != "-").then(|| contact.to_owned()),
+        crate::model::DeliveryStatus::Sending,
+    );
+    d.time = time;
+    Some(d)
 }
 
 /// The ledger with the announcements applied: each announced key reads
@@ -109,16 +129,9 @@ fn with_announced(
     let mut seen: std::collections::HashSet<String> = ledger.iter().map(Delivery::key).collect();
     for (time, keys) in announcements {
         for k in keys {
-            let Some((channel, contact)) = k.split_once('#') else {
-                continue;
-            };
-            let mut intent = Delivery::new(
-                channel.into(),
-                (contact != "-").then(|| contact.to_owned()),
-                crate::model::DeliveryStatus::Sending,
-            );
-            intent.time = time;
-            if seen.insert(k) {
+            if let Some(intent) = sending(&k, time)
+                && seen.insert(k)
+            {
                 ledger.push(intent);
             }
         }
@@ -157,17 +170,16 @@ impl DynamoStore {
         key_of: &str,
     ) -> Result<Option<Delivery>, StoreError> {
         const OP: &str = "read announcements";
-        let prefix = format!("DELIVERY#{event_id}#{ANNOUNCED}");
-        let mut announcements = Vec::new();
+        let prefix = format!("DELIVERY#{event_id}{ANNOUNCED}");
         for item in self.query_prefix(OP, org, &prefix).await? {
-            if let Some(a) = announced(&item) {
-                let (at, keys) = a.map_err(|detail| StoreError::Malformed { op: OP, detail })?;
+            if let Some(a) = announced(&item, OP) {
+                let (at, keys) = a?;
                 if keys.iter().any(|k| k == key_of) {
-                    announcements.push((at, vec![key_of.to_owned()]));
+                    return Ok(sending(key_of, at));
                 }
             }
         }
-        Ok(with_announced(Vec::new(), announcements).pop())
+        Ok(None)
     }
 
     /// Every item of the organisation whose sort key starts with `prefix`,
@@ -260,9 +272,8 @@ impl DynamoStore {
             .query_prefix(OP, org, &format!("DELIVERY#{event_id}#"))
             .await?
         {
-            match announced(&item) {
-                Some(a) => announcements
-                    .push(a.map_err(|detail| StoreError::Malformed { op: OP, detail })?),
+            match announced(&item, OP) {
+                Some(a) => announcements.push(a?),
                 None => ledger.push(serde_dynamo::from_item(item).map_err(malformed(OP))?),
             }
         }
@@ -607,14 +618,14 @@ mod tests {
         let (sk, _) = announcement_sk("ev-1", &intents).unwrap();
         assert!(sk.starts_with("DELIVERY#ev-1#~SENDING#"), "{sk}");
         assert!(sk.ends_with("#EMAIL#c-1"), "{sk}");
-        let (at, keys) = announced(&item).expect("an announcement").unwrap();
+        let (at, keys) = announced(&item, "test").expect("an announcement").unwrap();
         assert_eq!(keys, ["EMAIL#c-1", "SNS#-"]);
         // Stored at a second's precision or better: the newest intent's time.
         let newest = intents.iter().map(|d| d.time).max().unwrap();
         assert!((newest - at).abs() < Duration::milliseconds(1));
         // An ordinary entry is not one.
         let entry = delivery_item(&org, "ev-1", &intents[0]).unwrap();
-        assert!(announced(&entry).is_none());
+        assert!(announced(&entry, "test").is_none());
         // Nothing announced, nothing written.
         assert!(announcement_item(&org, "ev-1", &[]).unwrap().is_none());
     }
