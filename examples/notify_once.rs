@@ -7,6 +7,10 @@
 //! event stored), for the ideal.
 //!
 //! usage: notify_once ORG OFFER RUNS   (prints one JSON line per run)
+//!
+//! With `STORE_PID` set (the local store's process, as `scripts/compare`
+//! sets it), each line also says how much CPU that process spent during the
+//! notification: how close the store alone comes to the run's wall time.
 
 use std::time::Instant;
 
@@ -88,19 +92,33 @@ async fn main() {
         .expect("outcomes");
         let outcomes_ms = t.elapsed().as_secs_f64() * 1000.0;
 
+        let store_cpu = store_cpu_ms();
         let t = Instant::now();
         let event = app
             .notify(NotifyCommand::new(org.clone(), offer.clone()))
             .await
             .expect("notify");
         let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let store_cpu_ms = store_cpu_ms().zip(store_cpu).map(|(after, before)| after - before);
         let summary = &event.info.as_ref().expect("info")["deliverySummary"];
         println!(
             "{}",
             serde_json::json!({
-                "ms": ms, "io_ms": io_ms, "outcomes_ms": outcomes_ms, "concurrency": app.concurrency,
+                "ms": ms, "io_ms": io_ms, "store_cpu_ms": store_cpu_ms, "outcomes_ms": outcomes_ms, "concurrency": app.concurrency,
                 "status": event.event_status, "summary": summary,
             })
         );
     }
+}
+
+/// The CPU time (user + system, ms) the process `STORE_PID` has used so far,
+/// from `/proc/{pid}/stat` (in clock ticks of 10 ms: Linux's USER_HZ is 100).
+fn store_cpu_ms() -> Option<f64> {
+    let pid = std::env::var("STORE_PID").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command's name, which is in parentheses: utime
+    // and stime are the 14th and 15th of the whole line.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
 }
