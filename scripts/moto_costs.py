@@ -45,6 +45,36 @@ def main(endpoint: str) -> None:
             ms = timed(lambda r: d.batch_write_item(
                 RequestItems={table: [entry(next(n), ledger) for _ in range(size)]}))
             print(f"| BatchWriteItem of {size} {'ledger-sized' if ledger else 'key-only'} items | {ms:.1f} |")
+    # The 400 outcomes of a 200-contact notification (EMAIL and SMS), as the
+    # ledger writes them (one item each, 25 a call) and as two layouts this
+    # project does not use would: one item per 100 outcomes, listing them
+    # (what the per-recipient API and SES's reports would then have to read
+    # and copy out), and the same as one string attribute. Issue 11's
+    # "store floor" is the first line; BENCHMARKS.md weighs the others.
+    def outcome(i: int) -> dict:
+        return {"key": {"S": f"EMAIL#c{i}"}, "status": {"S": "SENT"}, "time": {"S": "2026-11-30T10:00:00.123Z"},
+                "messageId": {"S": "0100018c-aaaa-bbbb-cccc-dddddddddddd-000000"}}
+
+    def sheet(i: int, as_string: bool) -> dict:
+        item = {"pk": {"S": "ORG#org"}, "sk": {"S": f"DELIVERY#ev#~OUTCOMES#{i}"}}
+        if as_string:
+            item["outcomes"] = {"S": "\n".join("|".join(v["S"] for v in outcome(j).values()) for j in range(100))}
+        else:
+            item["outcomes"] = {"L": [{"M": outcome(j)} for j in range(100)]}
+        return {"PutRequest": {"Item": item}}
+
+    def outcomes_400(layout: str) -> None:
+        if layout == "items":
+            for _ in range(16):
+                d.batch_write_item(RequestItems={table: [entry(next(n), True) for _ in range(25)]})
+        else:
+            d.batch_write_item(RequestItems={table: [sheet(next(n), layout == "string") for _ in range(4)]})
+
+    for layout, label in (("items", "one ledger-sized item each, 25 a call (16 calls)"),
+                          ("list", "4 items listing 100 each (1 call)"),
+                          ("string", "4 items holding 100 each in one string (1 call)")):
+        ms = timed(lambda r: outcomes_400(layout))
+        print(f"| 400 outcomes, {label} | {ms:.1f} |")
     key = {"pk": {"S": "ORG#org"}, "sk": {"S": "DELIVERY#ev#EMAIL#c1"}}
     print(f"| GetItem of one small item | {timed(lambda r: d.get_item(TableName=table, Key=key)):.1f} |")
     ids = [{"S": f"c{i}"} for i in range(1000)]
