@@ -99,7 +99,9 @@ async fn main() {
             .await
             .expect("notify");
         let ms = t.elapsed().as_secs_f64() * 1000.0;
-        let store_cpu_ms = store_cpu_ms().zip(store_cpu).map(|(after, before)| after - before);
+        let store_cpu_ms = store_cpu_ms()
+            .zip(store_cpu)
+            .map(|(after, before)| after - before);
         let summary = &event.info.as_ref().expect("info")["deliverySummary"];
         println!(
             "{}",

@@ -492,3 +492,57 @@ async fn hostile_templates_end_bounded_and_escaped_or_failed_with_why() {
         }
     }
 }
+
+/// The contacts' read projects the attributes a notification uses: a
+/// contact as the platform stores it (with `creationTime`, `lastUpdateTime`,
+/// `info.companyLocation`, ...) reads back with every field a template or a
+/// channel needs, over moto's real projection.
+#[tokio::test]
+async fn a_platform_contact_reads_back_whole_through_the_projected_read() {
+    use notify_offer_contacts::ports::ContactStore;
+    let env = TestEnv::new().await;
+    common::seed(
+        &env.sdk,
+        &env.table,
+        &json!({"items": [
+            {"pk": "ORG#org-demo", "sk": "CONTACT#c-full", "id": "c-full", "organizationID": "org-demo",
+             "name": "Fay Buyer", "emailAddress": "fay@buyer.example.com",
+             "creationTime": "2026-01-02T03:04:05Z", "lastUpdateTime": "2026-02-03T04:05:06Z",
+             "info": {"phoneNumber": "+12065550123", "companyName": "Fay Corp", "role": "CFO",
+                      "companyLocation": "Seattle", "lastModifiedBy": "someone"}}
+        ]}),
+    )
+    .await;
+    let org = OrgId::parse("org-demo").unwrap();
+    let ids = ["c-full", "c-ann"].map(|c| ContactId::parse(c).unwrap());
+    let mut read = env.app.store.contacts(&org, &ids).await.expect("read");
+    read.found.sort_by(|a, b| a.id.cmp(&b.id));
+    assert!(read.unreadable.is_empty());
+    assert_eq!(
+        read.found,
+        vec![
+            Contact {
+                id: "c-ann".into(),
+                organization_id: Some("org-demo".into()),
+                name: Some("Ann Buyer".into()),
+                email_address: Some("ann@buyer.example.com".into()),
+                info: Some(ContactInfo {
+                    phone_number: Some("+1 206 555 0100".into()),
+                    company_name: Some("Buyer Corp".into()),
+                    role: Some("Procurement".into()),
+                }),
+            },
+            Contact {
+                id: "c-full".into(),
+                organization_id: Some("org-demo".into()),
+                name: Some("Fay Buyer".into()),
+                email_address: Some("fay@buyer.example.com".into()),
+                info: Some(ContactInfo {
+                    phone_number: Some("+12065550123".into()),
+                    company_name: Some("Fay Corp".into()),
+                    role: Some("CFO".into()),
+                }),
+            },
+        ]
+    );
+}

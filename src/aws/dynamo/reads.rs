@@ -98,12 +98,21 @@ impl ContactStore for DynamoStore {
             .map(|id| key(org_pk(org), contact_sk(id.as_str())))
             .collect();
         let mut out = Contacts::default();
-        for item in self.batch_get(OP, keys, false).await? {
+        for item in self
+            .batch_get_projected(OP, keys, false, CONTACT_ATTRIBUTES)
+            .await?
+        {
             add_contact(&mut out, item, OP);
         }
         Ok(out)
     }
 }
+
+/// The contact's attributes a notification reads: `Contact`'s fields, and
+/// the sort key (the ID of a record that does not read as a contact). The
+/// rest of a platform contact (`creationTime`, `lastUpdateTime`, ...) stays
+/// in the table: fewer bytes on the wire and to parse, at 100 a call.
+const CONTACT_ATTRIBUTES: &[&str] = &["sk", "id", "organizationID", "name", "emailAddress", "info"];
 
 /// Reads one contact item into `out`; one that does not read as a contact
 /// (another writer's data) is named unreadable: that recipient fails, the
@@ -212,5 +221,33 @@ impl WorkStore for DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contacts_projection_names_every_field_a_contact_has() {
+        let contact = Contact {
+            id: "c-1".into(),
+            organization_id: Some("org-a".into()),
+            name: Some("Ann".into()),
+            email_address: Some("ann@example.com".into()),
+            info: Some(crate::model::ContactInfo {
+                phone_number: Some("+12065550100".into()),
+                company_name: Some("Acme".into()),
+                role: Some("Buyer".into()),
+            }),
+        };
+        let item: Item = serde_dynamo::to_item(&contact).unwrap();
+        for field in item.keys() {
+            assert!(
+                CONTACT_ATTRIBUTES.contains(&field.as_str()),
+                "the contacts' read does not project {field}: it would always read empty"
+            );
+        }
+        assert!(CONTACT_ATTRIBUTES.contains(&"sk"));
     }
 }
