@@ -89,8 +89,9 @@ for n in sizes:
     # plain / floor is the most it can be faster by on this store.
     floor = io + statistics.median(r["outcomes_ms"] for r in runs)
     inflight = runs[0]["concurrency"]
-    # The share of the project's run during which moto (one request at a
-    # time) was at work: near 100%, the run waits on the store, not on itself.
+    # The share of the project's run during which moto (threads taking turns
+    # under Python's global lock) was at work: near 100%, the run waits on
+    # the store, not on itself.
     busy = [r["store_cpu_ms"] / r["ms"] for r in runs if r.get("store_cpu_ms") is not None]
     busy = f"{statistics.median(busy):.0%}" if busy else "-"
     ideal = math.ceil(sends / inflight) * latency_ms + io

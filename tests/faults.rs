@@ -168,6 +168,34 @@ async fn reading_the_settings_fails_once_with_a_500() {
 async fn reading_the_contacts_comes_back_unprocessed() {
     absorbed("DynamoDB.BatchGetItem", Fault::Unprocessed, 0).await;
 }
+
+/// The proxy hands the unprocessed keys back alone, as moto does: the retry
+/// still asks for the projected attributes (not whole contacts).
+#[tokio::test]
+async fn a_retry_of_unprocessed_contacts_keeps_its_projection() {
+    let env = TestEnv::new().await;
+    let proxy = FaultProxy::start(&env.moto.endpoint).await;
+    proxy.inject("DynamoDB.BatchGetItem", Fault::Unprocessed, 0, 1);
+    let app = through_proxy(&env, &proxy).await;
+    let answer = notify(&app).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let bodies = proxy.bodies("DynamoDB.BatchGetItem");
+    assert!(bodies.len() >= 2, "{bodies:?}");
+    for body in &bodies[..2] {
+        let request: Value = serde_json::from_str(body).unwrap();
+        let (_, contacts) = request["RequestItems"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        assert!(
+            contacts["ProjectionExpression"].is_string(),
+            "a contacts read without its projection: {body}"
+        );
+    }
+    assert_eq!(sent_once_each(&env), (2, 2, 1));
+}
 #[tokio::test]
 async fn reading_the_contacts_loses_its_connection() {
     absorbed("DynamoDB.BatchGetItem", Fault::Drop, 0).await;

@@ -25,7 +25,9 @@ pub enum Fault {
     Slow(Duration),
     /// Closes the connection without an answer, before passing anything on.
     Drop,
-    /// DynamoDB BatchGetItem/BatchWriteItem: answers with every entry unprocessed.
+    /// DynamoDB BatchGetItem/BatchWriteItem: answers with every entry
+    /// unprocessed (BatchGetItem's as moto does: the keys alone, without the
+    /// request's projection or consistency, which the client must keep).
     Unprocessed,
     /// SQS SendMessageBatch: passes on every entry but the first, and answers
     /// that one as failed with this `SenderFault` (a real partial failure).
@@ -217,15 +219,21 @@ fn injected(op: &str, fault: Fault, body: &[u8]) -> Response<Full<Bytes>> {
         ("DynamoDB", Fault::ServerError) => ddb(500, "InternalServerError"),
         ("DynamoDB", Fault::Unprocessed) => {
             let request: Value = serde_json::from_slice(body).unwrap_or_default();
-            let field = if op.ends_with("BatchGetItem") {
-                "UnprocessedKeys"
+            let answer = if op.ends_with("BatchGetItem") {
+                let keys_only: serde_json::Map<String, Value> = request["RequestItems"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(table, r)| (table.clone(), json!({"Keys": r["Keys"]})))
+                    .collect();
+                json!({"Responses": {}, "UnprocessedKeys": keys_only})
             } else {
-                "UnprocessedItems"
+                json!({"UnprocessedItems": request["RequestItems"]})
             };
             respond(
                 200,
                 &[("content-type", "application/x-amz-json-1.0")],
-                json!({"Responses": {}, field: request["RequestItems"]}).to_string(),
+                answer.to_string(),
             )
         }
         ("SES", Fault::Throttle) => ses(429, "TooManyRequestsException"),

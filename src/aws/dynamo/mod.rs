@@ -308,18 +308,25 @@ impl DynamoStore {
         consistent: bool,
         attributes: &[&str],
     ) -> Result<Vec<Item>, StoreError> {
-        let mut found = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH_GET_MAX) {
+        let projected = (!attributes.is_empty()).then(|| projection(attributes.iter().copied()));
+        // Each request, the first and every retry of its unprocessed keys,
+        // asks for the same projection and consistency: a server may hand
+        // back only the keys (moto does), and a retry must not then read
+        // whole items, or eventually consistent ones.
+        let ask = |keys: Vec<Item>| {
             let mut request = KeysAndAttributes::builder()
-                .set_keys(Some(chunk.to_vec()))
+                .set_keys(Some(keys))
                 .consistent_read(consistent);
-            if !attributes.is_empty() {
-                let (expression, names) = projection(attributes.iter().copied());
+            if let Some((expression, names)) = &projected {
                 request = request
                     .projection_expression(expression)
-                    .set_expression_attribute_names(Some(names));
+                    .set_expression_attribute_names(Some(names.clone()));
             }
-            let mut pending = Some(request.build().map_err(unavailable(op))?);
+            request.build().map_err(unavailable(op))
+        };
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_MAX) {
+            let mut pending = Some(ask(chunk.to_vec())?);
             let mut attempt = 0;
             while let Some(request) = pending.take() {
                 if attempt == BATCH_ATTEMPTS {
@@ -346,10 +353,10 @@ impl DynamoStore {
                         .and_then(|mut r| r.remove(&self.table))
                         .unwrap_or_default(),
                 );
-                pending = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
+                pending = match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                    Some(left) if !left.keys().is_empty() => Some(ask(left.keys)?),
+                    _ => None,
+                };
             }
         }
         Ok(found)
