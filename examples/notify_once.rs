@@ -92,21 +92,21 @@ async fn main() {
         .expect("outcomes");
         let outcomes_ms = t.elapsed().as_secs_f64() * 1000.0;
 
-        let store_cpu = store_cpu_ms();
+        let cpu_before = store_cpu_ms();
         let t = Instant::now();
         let event = app
             .notify(NotifyCommand::new(org.clone(), offer.clone()))
             .await
             .expect("notify");
         let ms = t.elapsed().as_secs_f64() * 1000.0;
-        let store_cpu_ms = store_cpu_ms()
-            .zip(store_cpu)
+        let store_cpu = store_cpu_ms()
+            .zip(cpu_before)
             .map(|(after, before)| after - before);
         let summary = &event.info.as_ref().expect("info")["deliverySummary"];
         println!(
             "{}",
             serde_json::json!({
-                "ms": ms, "io_ms": io_ms, "store_cpu_ms": store_cpu_ms, "outcomes_ms": outcomes_ms, "concurrency": app.concurrency,
+                "ms": ms, "io_ms": io_ms, "store_cpu_ms": store_cpu, "outcomes_ms": outcomes_ms, "concurrency": app.concurrency,
                 "status": event.event_status, "summary": summary,
             })
         );
